@@ -1,0 +1,97 @@
+"""The pre-training engine: exact resume, clear failures, accumulation, reconstructions."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from core.checkpoint import LAST, load_encoder
+from core.config import DataConfig, ModelConfig, PretrainConfig, PretrainJob
+from core.model import MaskedAutoencoder
+from core.pretrain import RECON_FILE, pretrain
+
+
+def job(epochs: int = 2, **pre) -> PretrainJob:
+    return PretrainJob(model=ModelConfig(variant="vit_test"), data=DataConfig(dataset="synthetic", synthetic_size=96),
+                       pretrain=PretrainConfig(**{**dict(epochs=epochs, warmup_epochs=1, batch_size=16, blr=1e-3,
+                                                         device="cpu"), **pre}))
+
+
+def test_interrupted_and_resumed_run_ends_at_the_same_loss(tmp_path):
+    straight = []
+    pretrain(job(2), tmp_path / "a", report=straight.append)
+    # Stop after one epoch: run a 2-epoch job whose report raises after epoch 0 (as a kill would).
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(m):
+        if m["epoch"] == 0:
+            raise Stop
+
+    with pytest.raises(Stop):
+        pretrain(job(2), tmp_path / "b", report=stop_after_first)
+    assert (tmp_path / "b" / LAST).exists()
+    resumed = []
+    result = pretrain(job(2), tmp_path / "b", report=resumed.append)
+    assert [m["epoch"] for m in resumed] == [1]
+    assert resumed[0]["loss"] == pytest.approx(straight[1]["loss"], rel=1e-6)
+    assert result["pretrain_loss"] == pytest.approx(straight[1]["loss"], rel=1e-6)
+    a, b = load_encoder(tmp_path / "a"), load_encoder(tmp_path / "b")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_finished_run_is_not_trained_again(tmp_path):
+    pretrain(job(1), tmp_path)
+    again = []
+    result = pretrain(job(1), tmp_path, report=again.append)
+    assert again == [] and np.isfinite(result["pretrain_loss"])
+
+
+def test_non_finite_loss_names_epoch_and_step(tmp_path):
+    with pytest.raises(FloatingPointError, match=r"at epoch 0, step 1$"):
+        pretrain(job(1, blr=float("inf")), tmp_path)
+
+
+def test_epoch_metrics_and_outputs(tmp_path):
+    seen = []
+    result = pretrain(job(2), tmp_path, report=seen.append)
+    assert [m["epoch"] for m in seen] == [0, 1]
+    for m in seen:
+        assert {"loss", "lr", "img_per_s", "epoch_time_s", "pretrain_wall_clock_s", "train_flops_per_img"} <= set(m)
+        assert m["img_per_s"] > 0 and np.isfinite(m["loss"])
+    assert json.loads((tmp_path / "pretrain_result.json").read_text())["epochs"] == 2
+    recon = np.load(tmp_path / RECON_FILE)
+    assert recon["original"].shape == (8, 32, 32, 3)
+    assert recon["masked"].shape == recon["recon"].shape == (len(recon["ratios"]), 8, 32, 32, 3)
+    assert recon["recon"].min() >= 0 and recon["recon"].max() <= 1
+    assert result["train_flops_per_img"] > 0
+
+
+@pytest.mark.parametrize("target", ["pca", "token"])
+def test_stateful_targets_are_fitted_and_saved(tmp_path, target):
+    j = job(1).model_copy(update={"model": ModelConfig(variant="vit_test", target=target, pca_components=16,
+                                                       codebook_size=16)})
+    pretrain(j, tmp_path)
+    state = torch.load(tmp_path / LAST, weights_only=False)["model"]
+    key = "target.components" if target == "pca" else "target.codebook"
+    assert state[key].abs().sum() > 0
+
+
+def test_gradient_accumulation_equals_the_large_batch():
+    torch.manual_seed(0)
+    model = MaskedAutoencoder(ModelConfig(variant="vit_test"))
+    imgs, noise = torch.randn(8, 3, 32, 32), torch.rand(8, 16)
+    model(imgs, noise=noise)[0].backward()
+    full = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    for half in (slice(0, 4), slice(4, 8)):
+        (model(imgs[half], noise=noise[half])[0] / 2).backward()
+    for n, g in full.items():
+        torch.testing.assert_close(dict(model.named_parameters())[n].grad, g, rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_autocast_trains(tmp_path):
+    result = pretrain(job(1, precision="bf16"), tmp_path)
+    assert np.isfinite(result["pretrain_loss"])
