@@ -1,0 +1,156 @@
+"""The classifier both evaluation protocols train: a timm ViT that loads our encoder, and its heads.
+
+The encoder part loads strictly (only the head is new), so a renamed or missing key fails loudly
+instead of silently evaluating a random network. Also what both protocols share around it: the
+top-k accuracy they report, per-epoch seeding, and resuming from a checkpoint.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Mapping
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from timm.layers import trunc_normal_
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor, nn
+
+from core.checkpoint import encoder_for_timm, load_latest
+from core.config import ModelConfig
+from core.device import seed_everything
+
+HEAD_KEYS = frozenset({"head.weight", "head.bias"})
+
+
+class ClassifierViT(VisionTransformer):
+    """timm's ViT with the release's layer ids for layer-wise lr decay.
+
+    timm's own grouping puts the final `norm` (token pooling) in the last block's layer; the
+    release (`util/lr_decay.get_layer_id_for_vit`) puts every parameter outside the stem and the
+    blocks in the top layer with the head, lr scale 1. With average pooling (`fc_norm`) the two agree.
+    """
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return dict(stem=r"^cls_token|pos_embed|patch_embed", blocks=[(r"^blocks\.(\d+)", None)])
+
+
+def build_classifier(model: ModelConfig, num_classes: int, *, global_pool: Literal["token", "avg"],
+                     drop_path: float = 0.0, encoder: Mapping[str, Tensor] | None = None) -> ClassifierViT:
+    """A timm ViT shaped like `model`'s encoder with a fresh linear head (trunc-normal std 2e-5).
+
+    `encoder` is our exported encoder state dict (timm key names, `norm.*` as the final norm);
+    None keeps timm's random initialisation (the from-scratch baseline). With `global_pool="avg"`
+    the final norm sits after pooling (`fc_norm`), as the release's fine-tuning model.
+    """
+    if global_pool not in ("token", "avg"):
+        raise ValueError(f"unknown global_pool {global_pool!r}; valid: ['avg', 'token']")
+    net = ClassifierViT(
+        img_size=model.img_size, patch_size=model.patch_size, in_chans=model.in_chans, num_classes=num_classes,
+        global_pool=global_pool, embed_dim=model.embed_dim, depth=model.depth, num_heads=model.num_heads,
+        mlp_ratio=model.mlp_ratio, qkv_bias=True, class_token=True,
+        norm_layer=partial(nn.LayerNorm, eps=model.norm_eps), drop_path_rate=drop_path,
+    )
+    if encoder is not None:
+        result = net.load_state_dict(encoder_for_timm(encoder, global_pool), strict=False)
+        missing = set(result.missing_keys) - HEAD_KEYS
+        if missing or result.unexpected_keys:
+            raise RuntimeError(f"encoder does not match the classifier: missing {sorted(missing)}, "
+                               f"unexpected {sorted(result.unexpected_keys)}")
+    trunc_normal_(net.head.weight, std=2e-5)
+    nn.init.zeros_(net.head.bias)
+    return net
+
+
+def probe_head(dim: int, num_classes: int) -> nn.Sequential:
+    """The linear-probing head of the release's main_linprobe.py: BatchNorm1d without affine, then Linear.
+
+    The BatchNorm standardises features whose scale differs a lot between encoders; the Linear
+    starts from trunc-normal std 0.01 and a zero bias.
+    """
+    linear = nn.Linear(dim, num_classes)
+    trunc_normal_(linear.weight, std=0.01)
+    nn.init.zeros_(linear.bias)
+    return nn.Sequential(nn.BatchNorm1d(dim, affine=False, eps=1e-6), linear)
+
+
+def features(net: VisionTransformer, images: Tensor) -> Tensor:
+    """Pooled, normed features (B, D): what the head sees."""
+    return net.forward_head(net.forward_features(images), pre_logits=True)
+
+
+def topk_correct(logits: Tensor, labels: Tensor, ks: tuple[int, ...]) -> list[int]:
+    """How many rows have their label among the k highest logits, for each k (capped at the class count)."""
+    kmax = min(max(ks), logits.shape[1])
+    top = logits.topk(kmax, dim=1).indices  # (B, kmax)
+    hit = top.eq(labels[:, None])  # (B, kmax)
+    return [int(hit[:, :min(k, logits.shape[1])].any(dim=1).sum()) for k in ks]
+
+
+def accuracy(logits_and_labels: Iterable[tuple[Tensor, Tensor]]) -> tuple[float, float]:
+    """Top-1 and top-5 accuracy in percent over batches of (logits, labels); NaN for an empty split.
+
+    With fewer than 5 classes the second number is top-k with k = the class count (so 100%).
+    """
+    hits1 = hits5 = total = 0
+    for logits, labels in logits_and_labels:
+        c1, c5 = topk_correct(logits.float(), labels, (1, 5))
+        hits1, hits5, total = hits1 + c1, hits5 + c5, total + labels.shape[0]
+    if total == 0:
+        return float("nan"), float("nan")
+    return 100.0 * hits1 / total, 100.0 * hits5 / total
+
+
+# ---- runs of both protocols: per-epoch seeding and resume ------------------------------------------
+
+# Fields that say where and how fast a job runs, not what it computes: a resume may change them.
+RUN_ONLY_FIELDS = frozenset({"device", "threads", "checkpoint_every", "compile", "num_workers"})
+
+
+def seed_epoch(seed: int, epoch: int) -> None:
+    """Every random draw of an epoch (augmentation, mixup, erasing, drop path) is a function of
+    (seed, epoch), so a run resumed at an epoch boundary repeats the uninterrupted one exactly."""
+    seed_everything(seed * 100_003 + epoch)
+
+
+def rng_state() -> dict[str, Any]:
+    """The global RNG states, in types a weights-only load accepts."""
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "python": random.getstate()}
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _comparable(v) if isinstance(v, Mapping) else v
+            for k, v in config.items() if k not in RUN_ONLY_FIELDS}
+
+
+def load_resume_state(out_dir: Path, protocol: str, config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The newest good checkpoint of this protocol and config in `out_dir`, or None to start afresh.
+
+    A checkpoint of another stage or of a different config is an error, not a silent restart:
+    each stage needs its own `out_dir`.
+    """
+    state = load_latest(out_dir)
+    if state is None:
+        return None
+    if state.get("protocol") != protocol:
+        raise ValueError(f"{out_dir} holds a checkpoint of {state.get('protocol') or 'another stage'!r}, not of "
+                         f"{protocol!r}: give each stage its own out_dir")
+    if _comparable(state["config"]) != _comparable(config):
+        raise ValueError(f"{out_dir} holds a {protocol} checkpoint of a different config; use a fresh out_dir")
+    return state

@@ -1,0 +1,277 @@
+"""Fine-tuning, end to end or partial: an importable `finetune(job, encoder, out_dir, report)`, no Ray or MLflow.
+
+As the release's `main_finetune.py` / `engine_finetune.py`: AdamW (0.9, 0.999) over timm's
+layer-decay parameter groups (`lr_scale = decay^(num_layers - layer_id)`, no weight decay on 1-D
+parameters, cls token and pos embed), `lr = blr * effective_batch / 256`, per-iteration warmup then
+cosine to `min_lr`, drop path, RandAugment, random erasing, mixup/cutmix with label smoothing
+(SoftTargetCrossEntropy), bf16 autocast when asked. `init="random"` trains the same recipe from
+timm's random initialisation: the from-scratch baseline.
+
+The in-memory data path yields normalised float batches on the device, already cropped and
+flipped by the data source's `augmentation` preset; the release's per-image PIL steps that follow
+the crop run on those batches in the release's order: RandAugment (timm's own PIL ops, image by
+image, on the batch denormalised to uint8 as the release sees it), then random erasing (timm's,
+on the normalised batch), then mixup/cutmix (timm's, on the batch).
+
+Partial fine-tuning (Figure 9): `tune_blocks` k trains the last k blocks, the final norm (or
+fc_norm) and the head; 0.5 trains the MLP sub-block of the last block (norm2 + mlp) with them; 0
+trains only a BatchNorm + Linear head as linear probing does. Frozen blocks run in eval mode (no
+drop path: they are a fixed feature extractor) and are left out of the optimiser, so they stay
+bit-equal.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from timm.data import Mixup
+from timm.data.auto_augment import posterize, rand_augment_transform
+from timm.data.random_erasing import RandomErasing
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import param_groups_layer_decay
+from torch import Tensor, nn
+
+from core.checkpoint import save_checkpoint
+from core.classifier import (ClassifierViT, accuracy, build_classifier, load_resume_state, probe_head, rng_state,
+                             seed_epoch, set_rng_state)
+from core.data import DataSource, open_dataset
+from core.device import autocast, resolve_device, seed_everything
+from core.eval_config import TIMM_POOL, FinetuneConfig, FinetuneJob
+from core.progress import EpochProgress
+from core.schedule import adjust_learning_rate
+
+Report = Callable[[dict], None]
+PROTOCOL = "finetune"
+EVAL_BATCH_SIZE = 512  # inference only: any size gives the same numbers
+BETAS = (0.9, 0.999)
+MIXUP_SWITCH_PROB = 0.5  # with both mixup and cutmix on, cutmix for half the batches (the release)
+
+
+def finetune(job: FinetuneJob, encoder: Mapping[str, Tensor] | None, out_dir: Path,
+             report: Report | None = None) -> dict:
+    """Fine-tune `encoder` (None or `init="random"`: timm's random initialisation) on `job.data`.
+
+    Checkpoints into `out_dir` every `checkpoint_every` epochs and resumes from a good checkpoint
+    found there. Calls `report(metrics)` once per epoch with epoch, train_loss, lr, ft_top1,
+    ft_top5 (test split, percent), ft_val_top1, img_per_s, epoch_time_s; returns the last epoch's.
+    """
+    cfg = job.finetune
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)  # random init and head init are functions of the seed
+    source = open_dataset(job.data, img_size=job.model.img_size, in_chans=job.model.in_chans)
+    net = build_finetune_model(job, source.num_classes, encoder if cfg.init == "pretrained" else None).to(device)
+    optimizer = torch.optim.AdamW(param_groups(net, cfg), lr=cfg.lr(), betas=BETAS)
+    steps = source.steps_per_epoch("train", cfg.batch_size)
+    if steps == 0:
+        raise ValueError(f"batch_size {cfg.batch_size} exceeds the {source.num_samples('train')} training images")
+
+    config = job.model_dump(mode="json")
+    start_epoch, metrics = 0, {}
+    state = load_resume_state(out_dir, PROTOCOL, config)
+    if state is not None:
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        start_epoch, metrics = state["epoch"] + 1, dict(state["metrics"])
+    if start_epoch >= cfg.epochs:
+        return metrics
+
+    augment = BatchAugment(cfg, source, device)
+    criterion = make_criterion(cfg)
+    forward = torch.compile(net) if cfg.compile else net
+    for epoch in range(start_epoch, cfg.epochs):
+        start = time.perf_counter()
+        seed_epoch(cfg.seed, epoch)
+        train_loss, lr, train_time = train_one_epoch(net, forward, optimizer, source, augment, criterion, job, epoch,
+                                                     device, steps)
+        top1, top5 = evaluate(forward, net, source, "test", cfg, device)
+        val_top1, _ = evaluate(forward, net, source, "val", cfg, device)
+        metrics = {"epoch": epoch, "train_loss": train_loss, "lr": lr, "ft_top1": top1, "ft_top5": top5,
+                   "ft_val_top1": val_top1, "img_per_s": steps * cfg.batch_size / train_time,
+                   "epoch_time_s": time.perf_counter() - start}
+        if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+            save_checkpoint(out_dir, model=net, optimizer=optimizer, epoch=epoch, config=config,
+                            extra={"protocol": PROTOCOL, "metrics": metrics, "rng": rng_state()})
+        if report is not None:
+            report(metrics)
+    return metrics
+
+
+# ---- the model and what trains ---------------------------------------------------------------------
+
+def build_finetune_model(job: FinetuneJob, num_classes: int, encoder: Mapping[str, Tensor] | None) -> ClassifierViT:
+    cfg = job.finetune
+    net = build_classifier(job.model, num_classes, global_pool=TIMM_POOL[cfg.pool], drop_path=cfg.drop_path,
+                           encoder=encoder)
+    if cfg.tune_blocks == 0:
+        net.head = probe_head(net.embed_dim, num_classes)
+    set_trainable(net, cfg.tune_blocks)
+    return net
+
+
+def set_trainable(net: ClassifierViT, tune_blocks: float | None) -> None:
+    """requires_grad for what `tune_blocks` trains (see the module docstring); everything else frozen."""
+    if tune_blocks is None:
+        net.requires_grad_(True)
+        return
+    net.requires_grad_(False)
+    trainable: list[nn.Module] = [net.head]
+    if tune_blocks > 0:
+        trainable += [net.norm, net.fc_norm]  # whichever this pooling has; the other is an Identity
+    if tune_blocks == 0.5:
+        trainable += [net.blocks[-1].norm2, net.blocks[-1].mlp]
+    elif tune_blocks >= 1:
+        trainable += list(net.blocks[len(net.blocks) - int(tune_blocks):])
+    for module in trainable:
+        module.requires_grad_(True)
+
+
+def train_mode(net: nn.Module) -> None:
+    """Train mode, except blocks with nothing to train: those run as the fixed extractor they are."""
+    net.train()
+    for block in net.blocks:
+        if not any(p.requires_grad for p in block.parameters()):
+            block.eval()
+
+
+def param_groups(net: ClassifierViT, cfg: FinetuneConfig) -> list[dict]:
+    """timm's layer-decay groups over the trainable parameters; each carries its `lr_scale`."""
+    return param_groups_layer_decay(net, weight_decay=cfg.weight_decay, no_weight_decay_list=net.no_weight_decay(),
+                                    layer_decay=cfg.layer_decay)
+
+
+def make_criterion(cfg: FinetuneConfig) -> nn.Module:
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        return SoftTargetCrossEntropy()  # mixup's targets carry the label smoothing
+    if cfg.label_smoothing > 0:
+        return LabelSmoothingCrossEntropy(smoothing=cfg.label_smoothing)
+    return nn.CrossEntropyLoss()
+
+
+# ---- one epoch ------------------------------------------------------------------------------------
+
+def train_one_epoch(net: ClassifierViT, forward: nn.Module, optimizer: torch.optim.Optimizer, source: DataSource,
+                    augment: BatchAugment, criterion: nn.Module, job: FinetuneJob, epoch: int, device: torch.device,
+                    steps: int) -> tuple[float, float, float]:
+    """One epoch; returns mean loss, last lr and seconds."""
+    cfg = job.finetune
+    train_mode(net)
+    loss_sum, lr = 0.0, 0.0
+    optimizer.zero_grad(set_to_none=True)
+    batches = source.batches("train", batch_size=cfg.batch_size, augmentation=cfg.augmentation, shuffle=True,
+                             seed=cfg.seed, epoch=epoch, device=device)
+    start = time.perf_counter()
+    with EpochProgress(f"fine-tune epoch {epoch + 1}/{cfg.epochs}", steps) as progress:
+        for step, (images, labels) in enumerate(batches):
+            if step % cfg.accum_iter == 0:
+                lr = adjust_learning_rate(optimizer, step / steps + epoch, cfg)
+            images, targets = augment(images, labels)
+            with autocast(device, cfg.precision):
+                loss = criterion(forward(images), targets)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise FloatingPointError(f"non-finite fine-tuning loss {value} at epoch {epoch}, step {step}")
+            (loss / cfg.accum_iter).backward()
+            if (step + 1) % cfg.accum_iter == 0:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            loss_sum += value
+            progress.update(loss=value)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return loss_sum / steps, lr, time.perf_counter() - start
+
+
+@torch.no_grad()
+def evaluate(forward: nn.Module, net: nn.Module, source: DataSource, split: str, cfg: FinetuneConfig,
+             device: torch.device) -> tuple[float, float]:
+    """Top-1 and top-5 (percent) on the un-augmented `split`; NaN when the split is empty."""
+    if source.num_samples(split) == 0:
+        return float("nan"), float("nan")
+    net.eval()
+
+    def logits():
+        for images, labels in source.batches(split, batch_size=EVAL_BATCH_SIZE, augmentation="none", shuffle=False,
+                                             seed=cfg.seed, epoch=0, device=device, drop_last=False):
+            with autocast(device, cfg.precision):
+                yield forward(images), labels
+
+    return accuracy(logits())
+
+
+# ---- augmentation after the crop -------------------------------------------------------------------
+
+class BatchAugment:
+    """RandAugment, random erasing, then mixup/cutmix on a normalised batch: (images, labels) -> (images, targets).
+
+    Every draw comes from the global RNGs (python, numpy, torch), which `seed_epoch` seeds.
+    """
+
+    def __init__(self, cfg: FinetuneConfig, source: DataSource, device: torch.device) -> None:
+        self.rand_augment = (RandAugmentBatch(cfg.rand_augment, source.mean, source.std, source.img_size)
+                             if cfg.rand_augment else None)
+        self.erasing = (RandomErasing(probability=cfg.reprob, mode="pixel", max_count=1, num_splits=0,
+                                      device=str(device)) if cfg.reprob > 0 else None)
+        self.mixup = None
+        if cfg.mixup > 0 or cfg.cutmix > 0:  # FinetuneConfig checked that the batch size is even
+            self.mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=1.0, switch_prob=MIXUP_SWITCH_PROB,
+                               mode="batch", label_smoothing=cfg.label_smoothing, num_classes=source.num_classes)
+
+    def __call__(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        if self.rand_augment is not None:
+            images = self.rand_augment(images)
+        if self.erasing is not None:
+            images = self.erasing(images)
+        if self.mixup is not None:
+            return self.mixup(images, labels)
+        return images, labels
+
+
+class RandAugmentBatch:
+    """timm's `rand_augment_transform` (the release's RandAugment, PIL ops) applied image by image.
+
+    Chosen over torchvision's tensor RandAugment, whose op set and magnitudes differ from the
+    paper's `rand-m9-mstd0.5-inc1`. The batch is denormalised and rounded to uint8, as the
+    release's PIL images are, and normalised again afterwards. One-channel images run as PIL
+    "L" images, where the colour op is a no-op. Costs a few tens of microseconds per small image.
+    """
+
+    def __init__(self, config: str, mean: tuple[float, ...], std: tuple[float, ...], img_size: int) -> None:
+        if len(mean) not in (1, 3):
+            raise ValueError(f"RandAugment works on 1- or 3-channel images, not {len(mean)}; set rand_augment: null")
+        fill = tuple(min(255, round(255 * m)) for m in mean)
+        hparams = dict(translate_const=int(img_size * 0.45), img_mean=fill if len(fill) == 3 else fill[0],
+                       interpolation=Image.Resampling.BICUBIC)  # as timm's create_transform for the release
+        self.transform = rand_augment_transform(config, hparams)
+        for op in self.transform.ops:
+            if op.name.startswith("Posterize"):
+                op.aug_fn = _posterize_any_bits
+        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
+        self.std = torch.tensor(std).view(1, -1, 1, 1)
+
+    def __call__(self, images: Tensor) -> Tensor:
+        device, channels = images.device, images.shape[1]
+        pixels = (images.detach().float().cpu() * self.std + self.mean).mul_(255).round_().clamp_(0, 255)
+        pixels = pixels.to(torch.uint8).permute(0, 2, 3, 1).numpy()  # (B, H, W, C)
+        # (H, W, 3) uint8 opens as an RGB image, (H, W) as an L image.
+        out = np.stack([np.asarray(self.transform(Image.fromarray(p if channels == 3 else p[..., 0])))
+                        for p in pixels])
+        out = torch.from_numpy(out.reshape(pixels.shape)).permute(0, 3, 1, 2).float().div_(255)
+        return ((out - self.mean) / self.std).to(device)
+
+
+def _posterize_any_bits(img: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
+    """Posterize as Pillow < 10 did: keeping 0 bits gives a black image (Pillow >= 10 refuses 0 bits,
+    which RandAugment's top magnitude asks for)."""
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size, 0)
+    return posterize(img, bits_to_keep, **kwargs)
