@@ -1,0 +1,444 @@
+"""Datasets and batching: `open_dataset(cfg) -> DataSource`, then `source.batches(...)` per epoch.
+
+Small datasets (Fashion-MNIST, CIFAR, synthetic) are held in memory as uint8 tensors, moved once
+to the training device and augmented there a whole batch at a time (core/augment.py): the loader
+runs at tens of thousands of images per second on two CPU cores, far above an MAE train step.
+ImageNet-layout folders do not fit in memory and go through torchvision's ImageFolder and a
+DataLoader with per-image transforms.
+
+Splits, fixed for every run: `val` is carved from the training file by a seeded permutation
+(`val_fraction` of it), `train` is the rest, `test` is the dataset's held-out split. Every split
+is listed in a fixed seeded order, so `train_limit` / `test_limit` take a prefix that mixes the
+classes even where the files are sorted by class (ImageNet folders); the val carve never depends
+on the limits.
+
+Everything random in an epoch (order, crops, flips, jitter) comes from one generator seeded by
+(seed, epoch, split): a run resumed at an epoch boundary sees exactly the same batches.
+"""
+from __future__ import annotations
+
+import gzip
+import math
+import pickle
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Callable, Iterator, Literal, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision import datasets as tv_datasets
+
+from core.augment import get_augmentation, get_pil_transform
+from core.config import DataConfig
+
+Split = Literal["train", "val", "test"]
+SPLITS: tuple[Split, ...] = ("train", "val", "test")
+Part = Literal["train", "test"]  # which file of the dataset a split indexes into
+
+SPLIT_SEED = 2111_06377  # the paper's arXiv id; changing it changes every val carve
+FIXED_IMAGES_BATCH = 1024
+
+CACHE_ROOT = "~/.cache/mae-ablate/data"
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The dataset's files are not where we looked; the message says where and how to get them."""
+
+
+# ---- splits and per-epoch randomness -------------------------------------------------------------
+
+class SplitRows(NamedTuple):
+    """Rows of one split: indices into the dataset's `part` file, in the split's fixed order."""
+
+    part: Part
+    rows: Tensor  # int64 (n,)
+
+
+def carve_splits(n_train: int, n_test: int, cfg: DataConfig) -> dict[Split, SplitRows]:
+    order = torch.randperm(n_train, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    n_val = int(round(n_train * cfg.val_fraction))
+    test_order = torch.randperm(n_test, generator=torch.Generator().manual_seed(SPLIT_SEED + 1))
+    return {
+        "train": SplitRows("train", order[n_val:][:cfg.train_limit]),
+        "val": SplitRows("train", order[:n_val]),
+        "test": SplitRows("test", test_order[:cfg.test_limit]),
+    }
+
+
+def epoch_generator(seed: int, epoch: int, split: Split) -> torch.Generator:
+    """A CPU generator that depends on (seed, epoch, split) only, well mixed by SeedSequence."""
+    entropy = [seed % 2**64, epoch, SPLITS.index(split)]
+    state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Exact per-channel mean and std in [0, 1] units of uint8 (N, C, H, W), from 256-bin counts
+    (no float copy of the whole dataset)."""
+    values = torch.arange(256, dtype=torch.float64) / 255
+    means, stds = [], []
+    for c in range(images.shape[1]):
+        counts = torch.bincount(images[:, c].reshape(-1), minlength=256).double()
+        p = counts / counts.sum()
+        mean = float((p * values).sum())
+        means.append(mean)
+        stds.append(math.sqrt(float((p * (values - mean) ** 2).sum())))
+    return tuple(means), tuple(stds)
+
+
+# ---- the opened dataset -------------------------------------------------------------------------
+
+class DataSource(ABC):
+    """One opened dataset: split sizes, normalisation statistics and per-epoch batches."""
+
+    def __init__(self, name: str, num_classes: int, in_chans: int, img_size: int,
+                 mean: tuple[float, ...], std: tuple[float, ...], splits: dict[Split, SplitRows]) -> None:
+        self.name = name
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.img_size = img_size
+        self.mean = mean
+        self.std = std
+        self._splits = splits
+
+    def num_samples(self, split: Split) -> int:
+        return len(self._split(split).rows)
+
+    def steps_per_epoch(self, split: Split, batch_size: int, drop_last: bool = True) -> int:
+        n = self.num_samples(split)
+        return n // batch_size if drop_last else math.ceil(n / batch_size)
+
+    def batches(self, split: Split, *, batch_size: int, augmentation: str, shuffle: bool, seed: int, epoch: int,
+                device: torch.device, drop_last: bool = True) -> Iterator[tuple[Tensor, Tensor]]:
+        """Yields (images float32 (B, C, img_size, img_size) normalised, labels int64 (B,)) on `device`.
+
+        Deterministic in (seed, epoch): the order and every augmentation draw.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        part, rows = self._split(split)
+        generator = epoch_generator(seed, epoch, split)
+        if shuffle:
+            rows = rows[torch.randperm(len(rows), generator=generator)]
+        # Returned, not yielded from here: a bad split or augmentation name raises at the call.
+        return self._iterate(part, rows, batch_size, augmentation, generator, torch.device(device), drop_last)
+
+    def fixed_images(self, split: Split, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The first n images of the split (fewer if the split is smaller), evaluation view, normalised."""
+        n = min(n, self.num_samples(split))
+        if n < 1:
+            raise ValueError(f"no images to take: n={n} from split {split!r} of {self.num_samples(split)} images")
+        images, labels = [], []
+        for x, y in self.batches(split, batch_size=min(n, FIXED_IMAGES_BATCH), augmentation="none", shuffle=False,
+                                 seed=0, epoch=0, device=device, drop_last=False):
+            images.append(x)
+            labels.append(y)
+            if sum(len(b) for b in labels) >= n:
+                break
+        return torch.cat(images)[:n], torch.cat(labels)[:n]
+
+    @abstractmethod
+    def _iterate(self, part: Part, rows: Tensor, batch_size: int, augmentation: str, generator: torch.Generator,
+                 device: torch.device, drop_last: bool) -> Iterator[tuple[Tensor, Tensor]]:
+        """Batches over `rows` of file `part`, in that order."""
+
+    def _split(self, split: Split) -> SplitRows:
+        if split not in self._splits:
+            raise ValueError(f"unknown split {split!r}; valid: {list(SPLITS)}")
+        return self._splits[split]
+
+    def _normaliser(self, device: torch.device) -> Callable[[Tensor], Tensor]:
+        mean = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=device).view(1, -1, 1, 1)
+        return lambda images: (images - mean) / std
+
+
+def _batch_slices(n: int, batch_size: int, drop_last: bool) -> Iterator[slice]:
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        yield slice(start, start + batch_size)
+
+
+class TensorSource(DataSource):
+    """A dataset held in memory as uint8 (N, C, H, W) tensors, augmented a batch at a time on the device."""
+
+    def __init__(self, name: str, num_classes: int, img_size: int, cfg: DataConfig,
+                 train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor]) -> None:
+        mean, std = channel_stats(train[0])  # whole training file: independent of the limits
+        splits = carve_splits(len(train[1]), len(test[1]), cfg)
+        super().__init__(name, num_classes, train[0].shape[1], img_size, mean, std, splits)
+        self._files: dict[Part, tuple[Tensor, Tensor]] = {"train": train, "test": test}
+        self._on_device: dict[torch.device, dict[Part, tuple[Tensor, Tensor]]] = {}
+
+    def _iterate(self, part: Part, rows: Tensor, batch_size: int, augmentation: str, generator: torch.Generator,
+                 device: torch.device, drop_last: bool) -> Iterator[tuple[Tensor, Tensor]]:
+        augment = get_augmentation(augmentation)
+        images, labels = self._files_on(device)[part]
+        rows = rows.to(device)
+        normalise = self._normaliser(device)
+        return ((normalise(augment(images[rows[s]], self.img_size, generator)), labels[rows[s]])
+                for s in _batch_slices(len(rows), batch_size, drop_last))
+
+    def _files_on(self, device: torch.device) -> dict[Part, tuple[Tensor, Tensor]]:
+        """The whole dataset on `device`, copied once per device."""
+        if device not in self._on_device:
+            self._on_device[device] = {part: (x.to(device), y.to(device)) for part, (x, y) in self._files.items()}
+        return self._on_device[device]
+
+
+class _SeededImages(Dataset):
+    """ImageFolder samples addressed by (index, seed): each image's transform runs under its own
+    seed, so augmentation does not depend on num_workers or on which worker loads the image."""
+
+    def __init__(self, folder: tv_datasets.ImageFolder, transform: Callable) -> None:
+        self.folder = folder
+        self.transform = transform
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, int]:
+        index, seed = key
+        path, label = self.folder.samples[index]
+        image = self.folder.loader(path)
+        with torch.random.fork_rng(devices=[]):  # torchvision transforms draw from the global RNG
+            torch.manual_seed(seed)
+            return self.transform(image), label
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+
+class FolderSource(DataSource):
+    """ImageNet layout read from disk: torchvision transforms per image, a DataLoader per epoch."""
+
+    def __init__(self, img_size: int, cfg: DataConfig, train: tv_datasets.ImageFolder,
+                 test: tv_datasets.ImageFolder) -> None:
+        splits = carve_splits(len(train), len(test), cfg)
+        super().__init__("imagefolder", len(train.classes), 3, img_size, IMAGENET_MEAN, IMAGENET_STD, splits)
+        self._folders: dict[Part, tv_datasets.ImageFolder] = {"train": train, "test": test}
+        self._num_workers = cfg.num_workers
+
+    def _iterate(self, part: Part, rows: Tensor, batch_size: int, augmentation: str, generator: torch.Generator,
+                 device: torch.device, drop_last: bool) -> Iterator[tuple[Tensor, Tensor]]:
+        transform = get_pil_transform(augmentation, self.img_size)
+        seeds = torch.randint(2**62, (len(rows),), generator=generator)
+        keys = list(zip(rows.tolist(), seeds.tolist()))
+        loader = DataLoader(_SeededImages(self._folders[part], transform), batch_size=batch_size, sampler=keys,
+                            drop_last=drop_last, num_workers=self._num_workers, pin_memory=device.type == "cuda")
+        normalise = self._normaliser(device)
+        return ((normalise(images.to(device, non_blocking=True).float().div_(255)), labels.to(device))
+                for images, labels in loader)
+
+
+# ---- Fashion-MNIST (IDX files) ------------------------------------------------------------------
+
+IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Parse an IDX file (LeCun's MNIST format), gzipped or not: two zero bytes, a dtype code,
+    the number of dimensions, big-endian int32 sizes, then the data, big-endian."""
+    raw = Path(path).read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in IDX_DTYPES:
+        raise ValueError(f"{path}: not an IDX file (magic bytes {raw[:4].hex()}, expected 0000 + dtype code "
+                         f"in {[hex(c) for c in IDX_DTYPES]} + ndim)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int(d) for d in np.frombuffer(raw[4:header], dtype=">i4"))
+    dtype = np.dtype(IDX_DTYPES[raw[2]])
+    expected = header + int(np.prod(shape)) * dtype.itemsize
+    if len(raw) != expected:
+        raise ValueError(f"{path}: IDX header says shape {shape} ({expected} bytes) but the file has {len(raw)} bytes")
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _find_idx(root: Path, stem: str) -> Path | None:
+    for name in (f"{stem}.gz", stem):
+        if (root / name).is_file():
+            return root / name
+    return None
+
+
+def _load_fashion_mnist(root: Path) -> dict[Part, tuple[Tensor, Tensor]]:
+    found = {stem: _find_idx(root, stem) for stems in FASHION_MNIST_FILES.values() for stem in stems}
+    missing = [str(root / f"{stem}.gz") for stem, path in found.items() if path is None]
+    if missing:
+        raise DataNotFoundError(f"fashion_mnist: missing {', '.join(missing)} (also looked for them without .gz); "
+                                f"install with `apt-get install dataset-fashion-mnist` or set data.root to a folder "
+                                f"holding the four IDX files")
+    files: dict[Part, tuple[Tensor, Tensor]] = {}
+    for part, (image_stem, label_stem) in FASHION_MNIST_FILES.items():
+        images = torch.from_numpy(read_idx(found[image_stem])).unsqueeze(1)  # (N, 28, 28) -> (N, 1, 28, 28)
+        labels = torch.from_numpy(read_idx(found[label_stem])).long()
+        if len(images) != len(labels):
+            raise ValueError(f"fashion_mnist: {len(images)} images but {len(labels)} labels in {part} under {root}")
+        files[part] = (images, labels)
+    return files
+
+
+# ---- CIFAR-10 / CIFAR-100 (python pickle batches) -----------------------------------------------
+
+class CifarLayout(NamedTuple):
+    folder: str
+    train_files: tuple[str, ...]
+    test_files: tuple[str, ...]
+    label_key: bytes
+    num_classes: int
+    dataset: type[tv_datasets.CIFAR10]
+
+
+CIFAR: dict[str, CifarLayout] = {
+    "cifar10": CifarLayout("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",),
+                           b"labels", 10, tv_datasets.CIFAR10),
+    "cifar100": CifarLayout("cifar-100-python", ("train",), ("test",), b"fine_labels", 100, tv_datasets.CIFAR100),
+}
+
+
+def _read_cifar_batches(folder: Path, names: tuple[str, ...], label_key: bytes) -> tuple[Tensor, Tensor]:
+    images, labels = [], []
+    for name in names:
+        with open(folder / name, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))  # rows are R, G, B planes
+        labels.append(np.asarray(batch[label_key], dtype=np.int64))
+    return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
+
+
+def _download_cifar(name: str, root: Path) -> None:
+    """torchvision's download, only when the folder is missing; no network becomes our error."""
+    layout = CIFAR[name]
+    folder = root / layout.folder
+    try:
+        layout.dataset(str(root), train=True, download=True)
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError; a bad checksum is a RuntimeError
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataNotFoundError(f"{name}: {folder} is missing and the download failed ({reason}); offline, fetch "
+                                f"{layout.dataset.url} elsewhere and extract it under {root}, or set data.root") from exc
+
+
+def _load_cifar(name: str, root: Path) -> dict[Part, tuple[Tensor, Tensor]]:
+    layout = CIFAR[name]
+    folder = root / layout.folder
+    if not folder.is_dir():
+        _download_cifar(name, root)
+    missing = [str(folder / f) for f in layout.train_files + layout.test_files if not (folder / f).is_file()]
+    if missing:
+        raise DataNotFoundError(f"{name}: missing {', '.join(missing)}; extract {layout.dataset.url} under {root} "
+                                f"again or set data.root")
+    return {"train": _read_cifar_batches(folder, layout.train_files, layout.label_key),
+            "test": _read_cifar_batches(folder, layout.test_files, layout.label_key)}
+
+
+# ---- synthetic ----------------------------------------------------------------------------------
+
+SYNTHETIC_CLASSES = 10
+SYNTHETIC_SEEDS: dict[Part, int] = {"train": 0, "test": 1}
+SYNTHETIC_CHUNK_PIXELS = 2**21  # bounds the float working memory (about 50 MB) at any image size
+
+
+def synthetic_images(n: int, in_chans: int, size: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Labelled gratings plus noise, uint8 (n, in_chans, size, size) and int64 labels, deterministic in seed.
+
+    Class = orientation (0, 22.5, 45, 67.5 or 90 degrees) x wave form (sine or square). Each image
+    is mirrored at random (angle a or 180 - a), so a class is unchanged by a horizontal flip;
+    frequency (1.5 to 4 cycles per image), phase, contrast, brightness and per-channel colour vary.
+    """
+    g = torch.Generator().manual_seed(seed)
+    chunk = max(1, SYNTHETIC_CHUNK_PIXELS // (in_chans * size * size))
+    parts = [_synthetic_chunk(min(chunk, n - start), in_chans, size, g) for start in range(0, n, chunk)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def _synthetic_chunk(n: int, in_chans: int, size: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    labels = torch.randint(SYNTHETIC_CLASSES, (n,), generator=g)
+    angle = (labels % 5).double() * math.pi / 8 + 0.04 * torch.randn(n, generator=g, dtype=torch.float64)
+    angle = torch.where(torch.rand(n, generator=g) < 0.5, angle, math.pi - angle)
+    square = (labels >= 5).view(n, 1, 1, 1)
+    freq = torch.empty(n, dtype=torch.float64).uniform_(1.5, 4.0, generator=g)
+    phase = torch.empty(n, dtype=torch.float64).uniform_(0, 2 * math.pi, generator=g)
+    contrast = torch.empty(n, 1, 1, 1).uniform_(0.25, 0.45, generator=g)
+    brightness = torch.empty(n, 1, 1, 1).uniform_(0.35, 0.65, generator=g)
+    colour = torch.empty(n, in_chans, 1, 1).uniform_(0.6, 1.0, generator=g)
+    noise = 0.05 * torch.randn(n, in_chans, size, size, generator=g)
+
+    coords = (torch.arange(size, dtype=torch.float64) + 0.5) / size - 0.5
+    y, x = coords.view(1, size, 1), coords.view(1, 1, size)
+    along = x * torch.cos(angle).view(n, 1, 1) + y * torch.sin(angle).view(n, 1, 1)  # (n, size, size)
+    wave = torch.sin(2 * math.pi * freq.view(n, 1, 1) * along + phase.view(n, 1, 1)).float().unsqueeze(1)
+    wave = torch.where(square, torch.sign(wave), wave)
+    images = brightness + contrast * colour * wave + noise
+    return images.clamp_(0, 1).mul_(255).round_().to(torch.uint8), labels
+
+
+# ---- opening ------------------------------------------------------------------------------------
+
+def _root(cfg: DataConfig, default: str) -> Path:
+    return Path(cfg.root if cfg.root is not None else default).expanduser()
+
+
+def _check_channels(name: str, channels: int, in_chans: int) -> None:
+    if in_chans != channels:
+        raise ValueError(f"dataset {name!r} has {channels} channel(s) but in_chans is {in_chans}")
+
+
+def _open_fashion_mnist(cfg: DataConfig, img_size: int, in_chans: int) -> DataSource:
+    _check_channels("fashion_mnist", 1, in_chans)
+    files = _load_fashion_mnist(_root(cfg, FASHION_MNIST_ROOT))
+    return TensorSource("fashion_mnist", 10, img_size, cfg, files["train"], files["test"])
+
+
+def _open_cifar(cfg: DataConfig, img_size: int, in_chans: int) -> DataSource:
+    _check_channels(cfg.dataset, 3, in_chans)
+    files = _load_cifar(cfg.dataset, _root(cfg, CACHE_ROOT))
+    return TensorSource(cfg.dataset, CIFAR[cfg.dataset].num_classes, img_size, cfg, files["train"], files["test"])
+
+
+def _open_synthetic(cfg: DataConfig, img_size: int, in_chans: int) -> DataSource:
+    train = synthetic_images(cfg.synthetic_size, in_chans, img_size, SYNTHETIC_SEEDS["train"])
+    test = synthetic_images(max(16, cfg.synthetic_size // 4), in_chans, img_size, SYNTHETIC_SEEDS["test"])
+    return TensorSource("synthetic", SYNTHETIC_CLASSES, img_size, cfg, train, test)
+
+
+def _open_imagefolder(cfg: DataConfig, img_size: int, in_chans: int) -> DataSource:
+    _check_channels("imagefolder", 3, in_chans)
+    root = _root(cfg, f"{CACHE_ROOT}/imagenet")
+    folders = {part: _image_folder(root / sub) for part, sub in (("train", "train"), ("test", "val"))}
+    if folders["train"].classes != folders["test"].classes:
+        raise ValueError(f"imagefolder: the class folders of {root / 'train'} and {root / 'val'} differ "
+                         f"({len(folders['train'].classes)} vs {len(folders['test'].classes)} classes)")
+    return FolderSource(img_size, cfg, folders["train"], folders["test"])
+
+
+def _image_folder(path: Path) -> tv_datasets.ImageFolder:
+    hint = "set data.root to a folder with train/<class>/<image> and val/<class>/<image> (ImageNet layout)"
+    if not path.is_dir():
+        raise DataNotFoundError(f"imagefolder: {path} does not exist; {hint}")
+    try:
+        return tv_datasets.ImageFolder(str(path))
+    except FileNotFoundError as exc:  # no class folders, or a class folder without images
+        raise DataNotFoundError(f"imagefolder: no images under {path} ({exc}); {hint}") from exc
+
+
+OPENERS: dict[str, Callable[[DataConfig, int, int], DataSource]] = {
+    "fashion_mnist": _open_fashion_mnist,
+    "cifar10": _open_cifar,
+    "cifar100": _open_cifar,
+    "synthetic": _open_synthetic,
+    "imagefolder": _open_imagefolder,
+}
+
+
+def open_dataset(cfg: DataConfig, *, img_size: int, in_chans: int) -> DataSource:
+    """Open `cfg.dataset` for a model of `img_size` pixels and `in_chans` channels."""
+    if cfg.dataset not in OPENERS:
+        raise ValueError(f"unknown dataset {cfg.dataset!r}; valid: {sorted(OPENERS)}")
+    return OPENERS[cfg.dataset](cfg, img_size, in_chans)
