@@ -414,3 +414,18 @@ def test_jitter_matches_torchvision() -> None:
             for op in orders[i].tolist():
                 expected = ops[op](expected, float(factors[i, op]))
             torch.testing.assert_close(out[i], expected, atol=1e-5, rtol=0)
+
+
+def test_a_doctored_cifar_batch_cannot_run_code(tmp_path: Path) -> None:
+    write_cifar(tmp_path)
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (exec, (f"open({str(marker)!r}, 'w').write('x')",))
+
+    with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as f:
+        pickle.dump({b"data": Evil(), b"labels": []}, f)
+    with pytest.raises(pickle.UnpicklingError, match="refusing to load builtins.exec"):
+        open_dataset(DataConfig(dataset="cifar10", root=str(tmp_path)), img_size=32, in_chans=3)
+    assert not marker.exists()
