@@ -1,0 +1,304 @@
+"""One self-contained HTML report per study: status, figures, tables, reconstructions,
+settings and links to the MLflow runs. Renders whatever is there: pending and failed arms
+are counted and shown, never an error.
+
+Layout under `out_dir`: `figures/<name>.{png,svg}`, `tables/<name>.{md,html}`,
+`figures/recon_<arm>.{png,svg}` and `report.html`, which embeds every PNG as base64 so the
+file can be mailed alone; the SVG/PNG/MD links beside each item are relative.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from dashboards.figures import get_figure, save_figure
+from dashboards.recon import reconstruction_grid
+from dashboards.tables import (DONE, FAILED, PENDING, aggregate, axis_columns, format_cell, get_table, status_counts,
+                               to_html, to_markdown, varying_axes)
+
+DEFAULT_TRACKING_UI = "http://127.0.0.1:5000"
+ARM_METRICS = {"ft_top1": "ft top-1 (%)", "lin_top1": "lin top-1 (%)", "scratch_top1": "scratch top-1 (%)",
+               "pretrain_loss": "pre-train loss", "pretrain_wall_clock_s": "wall-clock (s)", "img_per_s": "img/s"}
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 1320px;
+       padding: 0 24px 48px; color: #1d1d1f; line-height: 1.45; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 4px; margin-top: 2em; }
+.meta { color: #555; }
+.status { font-size: 1.15em; padding: 10px 14px; background: #f3f6fa; border-left: 4px solid #3a6ea5; }
+.status .failed { color: #b22222; font-weight: 600; } .status .pending { color: #777; }
+.bar { display: flex; height: 8px; width: 360px; margin-top: 6px; border-radius: 4px; overflow: hidden;
+       background: #ddd; }
+.bar .done { background: #2e8b57; } .bar .failed { background: #b22222; }
+table.ablate { border-collapse: collapse; font-size: 0.9em; margin: 8px 0; }
+table.ablate th, table.ablate td { border: 1px solid #d0d0d0; padding: 3px 8px; }
+table.ablate th { background: #f0f0f0; }
+table.ablate th.paper { background: #ececec; color: #333; } table.ablate td.paper { background: #fafafa; color: #444; }
+table.ablate td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.state-failed { color: #b22222; font-weight: 600; } td.error-line { color: #b22222; font-size: 0.85em; } td.state-pending { color: #777; }
+p.note { font-size: 0.85em; color: #555; margin: 2px 0; }
+figure { margin: 16px 0 28px; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: 0.85em; color: #555; }
+.error { color: #b22222; background: #fff3f3; padding: 8px; border: 1px solid #f0c0c0; }
+pre { background: #f7f7f7; padding: 10px; overflow-x: auto; font-size: 0.85em; }
+code { background: #f3f3f3; padding: 1px 4px; }
+"""
+
+
+def safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("_") or "arm"
+
+
+def ours_label(study: Mapping[str, Any]) -> str:
+    """"ours (<dataset>, profile <profile>)" from the study's settings, as far as known."""
+    settings = study.get("settings") or {}
+    dataset = study.get("dataset")
+    if not dataset and isinstance(settings, Mapping):
+        nested = settings.get("data") if isinstance(settings.get("data"), Mapping) else {}
+        dataset = settings.get("data.dataset") or nested.get("dataset")
+    parts = [str(dataset)] if dataset else []
+    if study.get("profile"):
+        parts.append(f"profile {study['profile']}")
+    return f"ours ({', '.join(parts)})" if parts else "ours"
+
+
+def status_line(results: pd.DataFrame) -> str:
+    """"3 of 5 arms done", plus failed and pending counts when there are any."""
+    counts = status_counts(results)
+    line = f"{counts[DONE]} of {counts['total']} arms done"
+    extra = [f"{counts[s]} {s}" for s in (FAILED, PENDING) if counts[s]]
+    return line + (" (" + ", ".join(extra) + ")" if extra else "")
+
+
+def run_url(tracking_ui: str, experiment_id: Any, run_id: str) -> str:
+    return f"{tracking_ui.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def _runs_of(value: Any) -> list[tuple[str, str]]:
+    """Run ids of one arm as (label, id): a single id, a list (one per seed) or {seed: id}."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [("run", value)]
+    if isinstance(value, Mapping):
+        return [(f"seed {k}", str(v)) for k, v in value.items()]
+    return [(f"run {i}", str(v)) for i, v in enumerate(value)]
+
+
+def _link(url: str, text: str) -> str:
+    return f'<a href="{html.escape(url, quote=True)}">{html.escape(text)}</a>'
+
+
+def _img(path: Path, alt: str) -> str:
+    """The PNG inline as base64, shown at 100 dpi (saved at 150) so figures keep a readable size."""
+    data = path.read_bytes()
+    width = int.from_bytes(data[16:20], "big")  # PNG IHDR
+    return (f'<img alt="{html.escape(alt, quote=True)}" style="width: min(100%, {width * 2 // 3}px)" '
+            f'src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}">')
+
+
+def _arms_table(results: pd.DataFrame, study: Mapping[str, Any], mlflow: Mapping[str, Any] | None) -> str:
+    if results.empty or "arm" not in results:
+        return "<p>No arms yet.</p>"
+    declared = study.get("axes") or []
+    axes = [a for a in (list(declared) if not isinstance(declared, str) else [declared]) if a in results]
+    axes = axes or varying_axes(results) or axis_columns(results)[:4]
+    metrics = [m for m in ARM_METRICS if m in results]
+    agg = aggregate(results, metrics)
+    runs = (mlflow or {}).get("run_ids") or {}
+    ui = (mlflow or {}).get("tracking_ui") or DEFAULT_TRACKING_UI
+    experiment = (mlflow or {}).get("experiment_id")
+    errors = {}
+    if "error" in results:  # the first error line per arm, as the orchestration records it
+        for arm, error in zip(results["arm"], results["error"]):
+            if isinstance(error, str) and error and arm not in errors:
+                errors[arm] = error
+    head = ["arm", *axes, "state", "seeds done", *(ARM_METRICS[m] for m in metrics)] + (["MLflow"] if mlflow else [])
+    head += ["error"] if errors else []
+    rows = []
+    for _, row in agg.iterrows():
+        cells = [f"<td>{html.escape(str(row['arm']))}</td>"]
+        cells += [f"<td>{html.escape(format_cell(agg, a, row[a]))}</td>" for a in axes]
+        cells.append(f'<td class="state-{row["state"]}">{row["state"]}</td>')
+        cells.append(f'<td class="num">{row["seeds_done"]}/{row["seeds_total"]}</td>')
+        for m in metrics:
+            mean, std = row[f"{m}_mean"], row[f"{m}_std"]
+            text = "–" if pd.isna(mean) else (f"{mean:.4g}" if m in ("pretrain_loss",) else f"{mean:,.1f}")
+            if pd.notna(std):
+                text += f" ± {std:.2g}"
+            cells.append(f'<td class="num">{html.escape(text)}</td>')
+        if mlflow:
+            links = [_link(run_url(ui, experiment, rid), label) for label, rid in _runs_of(runs.get(row["arm"]))]
+            cells.append("<td>" + (" ".join(links) or "–") + "</td>")
+        if errors:
+            error = errors.get(row["arm"], "")
+            short = error if len(error) <= 90 else error[:87] + "..."
+            cells.append(f'<td class="error-line" title="{html.escape(error, quote=True)}">{html.escape(short)}</td>')
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    header = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    note = '<p class="note">± is the sample standard deviation over seeds; values only from seeds that are done.</p>'
+    return f'<table class="ablate"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table>{note}'
+
+
+def _mlflow_section(study: Mapping[str, Any], mlflow: Mapping[str, Any] | None) -> str:
+    name = study.get("name", "<study>")
+    how = (f"<p>Open the MLflow UI with <code>ablate ui {html.escape(str(name))}</code>; the links below assume it "
+           f"listens on the address shown.</p>")
+    if not mlflow:
+        return how + "<p>No MLflow tracking was recorded for this report.</p>"
+    ui = mlflow.get("tracking_ui") or DEFAULT_TRACKING_UI
+    experiment = mlflow.get("experiment_id")
+    items = [f"<li>tracking store: <code>{html.escape(str(mlflow.get('tracking_uri', '?')))}</code></li>",
+             f"<li>UI: {_link(ui, ui)}</li>"]
+    if experiment is not None:
+        url = f"{ui.rstrip('/')}/#/experiments/{experiment}"
+        items.append(f"<li>experiment: {_link(url, str(experiment))}</li>")
+    if mlflow.get("parent_run_id"):
+        items.append("<li>study (parent) run: "
+                     + _link(run_url(ui, experiment, mlflow["parent_run_id"]), mlflow["parent_run_id"]) + "</li>")
+    for arm, value in (mlflow.get("run_ids") or {}).items():
+        links = ", ".join(_link(run_url(ui, experiment, rid), f"{label} {rid}") for label, rid in _runs_of(value))
+        items.append(f"<li>{html.escape(str(arm))}: {links}</li>")
+    return how + "<ul>" + "".join(items) + "</ul>"
+
+
+def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(value, Mapping) and value:
+        return [item for k, v in value.items() for item in _flatten(v, f"{prefix}.{k}" if prefix else str(k))]
+    return [(prefix, value)]
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return ", ".join(value)
+    return json.dumps(value, default=str)
+
+
+def _settings_section(study: Mapping[str, Any], results: pd.DataFrame) -> str:
+    """The study's entries, axes and settings as key/value tables, nested keys dotted. Axes given
+    as a list of keys are shown with the values the results hold."""
+    parts = []
+    rest = {k: v for k, v in study.items() if k not in ("name", "description", "axes", "settings")}
+    axes = study.get("axes")
+    if axes and not isinstance(axes, Mapping):
+        keys = [axes] if isinstance(axes, str) else list(axes)
+        axes = {k: sorted({format_cell(results, k, v) for v in results[k]}) if k in results else "?" for k in keys}
+    for title, value in (("Study", rest), ("Axes", axes), ("Settings", study.get("settings"))):
+        if not value:
+            continue
+        if not isinstance(value, Mapping):
+            value = {"value": value}
+        rows = "".join(f"<tr><td><code>{html.escape(k)}</code></td>"
+                       f"<td>{html.escape(_plain(v))}</td></tr>"
+                       for k, v in _flatten(value))
+        parts.append(f'<h3>{title}</h3><table class="ablate"><tbody>{rows}</tbody></table>')
+    return "".join(parts) or "<p>No settings given.</p>"
+
+
+def _error(name: str, exc: Exception) -> str:
+    return f'<p class="error">{html.escape(name)} could not be drawn: {html.escape(type(exc).__name__)}: ' \
+           f"{html.escape(str(exc))}</p>"
+
+
+def write_report(out_dir: Path | str, *, study: Mapping[str, Any], results: pd.DataFrame, history: pd.DataFrame,
+                 figures: list[str], tables: list[str], recon_files: Mapping[str, Path | str] | None = None,
+                 mlflow: Mapping[str, Any] | None = None) -> Path:
+    """Write figures (PNG+SVG), tables (MD+HTML), reconstructions and `report.html` under
+    `out_dir`; return the report's path. Unknown figure or table names raise before anything
+    is written; a figure that fails to draw is reported in the page, not raised."""
+    figure_fns = {name: get_figure(name) for name in figures}
+    table_fns = {name: get_table(name) for name in tables}
+    out_dir = Path(out_dir)
+    fig_dir, table_dir = out_dir / "figures", out_dir / "tables"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    table_dir.mkdir(parents=True, exist_ok=True)
+    results = results.copy()
+    results.attrs["ours_label"] = results.attrs.get("ours_label") or ours_label(study)
+    history = history if history is not None else pd.DataFrame()
+
+    figure_html = []
+    for name, fn in figure_fns.items():
+        try:
+            png, _ = save_figure(fn(results, history), fig_dir, name)
+        except Exception as exc:  # one broken figure must not hide the rest of a partial study
+            figure_html.append(f'<figure id="figure-{name}"><h3>{name}</h3>{_error(name, exc)}</figure>')
+            continue
+        figure_html.append(f'<figure id="figure-{name}">{_img(png, name)}'
+                           f'<figcaption>{name}: <a href="figures/{name}.svg">SVG</a> · '
+                           f'<a href="figures/{name}.png">PNG</a></figcaption></figure>')
+
+    table_html = []
+    for name, fn in table_fns.items():
+        try:
+            table = fn(results)
+        except Exception as exc:
+            table_html.append(f'<section id="table-{name}"><h3>{name}</h3>{_error(name, exc)}</section>')
+            continue
+        (table_dir / f"{name}.md").write_text(to_markdown(table))
+        (table_dir / f"{name}.html").write_text(to_html(table))
+        table_html.append(f'<section id="table-{name}"><h3>{name}</h3>{to_html(table)}'
+                          f'<p class="note"><a href="tables/{name}.md">Markdown</a> · '
+                          f'<a href="tables/{name}.html">HTML</a></p></section>')
+
+    recon_html = []
+    for arm, path in (recon_files or {}).items():
+        stem = f"recon_{safe_name(arm)}"
+        if not Path(path).exists():
+            recon_html.append(f'<p class="note">{html.escape(str(arm))}: no reconstructions yet '
+                              f"({html.escape(str(path))} is missing)</p>")
+            continue
+        try:
+            png, _ = save_figure(reconstruction_grid(path, title=f"Reconstructions: arm {arm}"), fig_dir, stem)
+        except Exception as exc:
+            recon_html.append(_error(f"reconstructions of {arm}", exc))
+            continue
+        recon_html.append(f'<figure id="recon-{safe_name(arm)}">{_img(png, f"reconstructions {arm}")}'
+                          f'<figcaption>arm {html.escape(str(arm))}: '
+                          f'<a href="figures/{stem}.svg">SVG</a></figcaption></figure>')
+
+    counts = status_counts(results)
+    total = max(counts["total"], 1)
+    runs_done = int((results["status"] == DONE).sum()) if "status" in results else 0
+    status = (f'<div class="status"><strong>{counts[DONE]} of {counts["total"]} arms done</strong>'
+              + "".join(f' · <span class="{s}">{counts[s]} {s}</span>' for s in (FAILED, PENDING) if counts[s])
+              + f" · runs (arm × seed): {runs_done} of {len(results)} done"
+              f'<div class="bar"><div class="done" style="width:{100 * counts[DONE] / total:.1f}%"></div>'
+              f'<div class="failed" style="width:{100 * counts[FAILED] / total:.1f}%"></div></div></div>')
+    name = html.escape(str(study.get("name", "study")))
+    generated = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{name}: MAE ablation report</title>
+<style>{CSS}</style></head><body>
+<h1>{name}</h1>
+<p>{html.escape(str(study.get("description", "")))}</p>
+<p class="meta">profile <b>{html.escape(str(study.get("profile", "?")))}</b>
+ · {html.escape(results.attrs["ours_label"])}
+ · generated {generated} · paper numbers: He et al. 2021, ViT-L/16 on ImageNet-1K (plotted on separate panels)</p>
+{status}
+<h2>Arms</h2>
+{_arms_table(results, study, mlflow)}
+<h2>Figures</h2>
+{"".join(figure_html) or "<p>No figures requested.</p>"}
+<h2>Tables</h2>
+{"".join(table_html) or "<p>No tables requested.</p>"}
+<h2>Reconstructions</h2>
+{"".join(recon_html) or "<p>No reconstructions saved.</p>"}
+<h2>Settings</h2>
+{_settings_section(study, results)}
+<h2>MLflow</h2>
+{_mlflow_section(study, mlflow)}
+</body></html>
+"""
+    report = out_dir / "report.html"
+    report.write_text(page, encoding="utf-8")
+    return report
