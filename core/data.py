@@ -12,8 +12,14 @@ is listed in a fixed seeded order, so `train_limit` / `test_limit` take a prefix
 classes even where the files are sorted by class (ImageNet folders); the val carve never depends
 on the limits.
 
-Everything random in an epoch (order, crops, flips, jitter) comes from one generator seeded by
-(seed, epoch, split): a run resumed at an epoch boundary sees exactly the same batches.
+Everything random in an epoch is a function of (seed, epoch, split) and of the position in the
+epoch, never of which process draws it: the order is one permutation per epoch (the same on every
+rank), micro-batch g holds rows [g*B, (g+1)*B) of it, and its crops, flips and jitter come from a
+generator seeded by (seed, epoch, split, g) (ImageFolder: each image from a seed of its own row).
+So a run resumed at an epoch boundary sees exactly the same batches, and data-parallel training
+is exact: with `shard=(rank, world)` micro-batch i of a rank is g = i*world + rank, so the global
+batch of an optimizer step (B x world x accumulation rows) is the same images, augmented the same
+way, whether it is split across ranks or across accumulation micro-steps.
 """
 from __future__ import annotations
 
@@ -77,6 +83,34 @@ def epoch_generator(seed: int, epoch: int, split: Split) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
+def batch_generator(seed: int, epoch: int, split: Split, index: int) -> torch.Generator:
+    """The generator of micro-batch `index` of an epoch: its augmentation does not depend on the
+    rank or the accumulation step that processes it."""
+    entropy = [seed % 2**64, epoch, SPLITS.index(split), index]
+    state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
+    rank, world = shard
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
+    return rank, world
+
+
+def shard_batches(n: int, batch_size: int, drop_last: bool, shard: tuple[int, int]) -> list[tuple[int, slice]]:
+    """(global micro-batch index g, rows slice) of one rank: g = i*world + rank for its i-th micro-batch.
+
+    With drop_last every rank gets the same number of full micro-batches (collectives stay in
+    step); without it, for evaluation, the last rank(s) may get one fewer and the last one may be short.
+    """
+    rank, world = check_shard(shard)
+    total = n // batch_size if drop_last else math.ceil(n / batch_size)
+    if drop_last:
+        total -= total % world
+    return [(g, slice(g * batch_size, min((g + 1) * batch_size, n))) for g in range(rank, total, world)]
+
+
 def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Exact per-channel mean and std in [0, 1] units of uint8 (N, C, H, W), from 256-bin counts
     (no float copy of the whole dataset)."""
@@ -109,15 +143,19 @@ class DataSource(ABC):
     def num_samples(self, split: Split) -> int:
         return len(self._split(split).rows)
 
-    def steps_per_epoch(self, split: Split, batch_size: int, drop_last: bool = True) -> int:
-        n = self.num_samples(split)
-        return n // batch_size if drop_last else math.ceil(n / batch_size)
+    def steps_per_epoch(self, split: Split, batch_size: int, drop_last: bool = True,
+                        shard: tuple[int, int] = (0, 1)) -> int:
+        """Micro-batches that `batches(...)` yields to this shard's rank."""
+        return len(shard_batches(self.num_samples(split), batch_size, drop_last, shard))
 
     def batches(self, split: Split, *, batch_size: int, augmentation: str, shuffle: bool, seed: int, epoch: int,
-                device: torch.device, drop_last: bool = True) -> Iterator[tuple[Tensor, Tensor]]:
+                device: torch.device, drop_last: bool = True,
+                shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[Tensor, Tensor]]:
         """Yields (images float32 (B, C, img_size, img_size) normalised, labels int64 (B,)) on `device`.
 
-        Deterministic in (seed, epoch): the order and every augmentation draw.
+        Deterministic in (seed, epoch): the order and every augmentation draw. `shard=(rank, world)`
+        yields this rank's micro-batches g = rank, rank + world, ... of the epoch's sequence (see
+        the module docstring); the default is the whole sequence.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -125,8 +163,10 @@ class DataSource(ABC):
         generator = epoch_generator(seed, epoch, split)
         if shuffle:
             rows = rows[torch.randperm(len(rows), generator=generator)]
+        micro = shard_batches(len(rows), batch_size, drop_last, shard)
+        draws = EpochDraws(seed, epoch, split, generator)
         # Returned, not yielded from here: a bad split or augmentation name raises at the call.
-        return self._iterate(part, rows, batch_size, augmentation, generator, torch.device(device), drop_last)
+        return self._iterate(part, rows, micro, augmentation, draws, torch.device(device))
 
     def fixed_images(self, split: Split, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
         """The first n images of the split (fewer if the split is smaller), evaluation view, normalised."""
@@ -143,9 +183,9 @@ class DataSource(ABC):
         return torch.cat(images)[:n], torch.cat(labels)[:n]
 
     @abstractmethod
-    def _iterate(self, part: Part, rows: Tensor, batch_size: int, augmentation: str, generator: torch.Generator,
-                 device: torch.device, drop_last: bool) -> Iterator[tuple[Tensor, Tensor]]:
-        """Batches over `rows` of file `part`, in that order."""
+    def _iterate(self, part: Part, rows: Tensor, micro: list[tuple[int, slice]], augmentation: str,
+                 draws: EpochDraws, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+        """One batch per (g, s) of `micro`: rows[s] of file `part`, augmented as micro-batch g of the epoch."""
 
     def _split(self, split: Split) -> SplitRows:
         if split not in self._splits:
@@ -158,10 +198,17 @@ class DataSource(ABC):
         return lambda images: (images - mean) / std
 
 
-def _batch_slices(n: int, batch_size: int, drop_last: bool) -> Iterator[slice]:
-    stop = n - n % batch_size if drop_last else n
-    for start in range(0, stop, batch_size):
-        yield slice(start, start + batch_size)
+class EpochDraws(NamedTuple):
+    """Where an epoch's augmentation randomness comes from: (seed, epoch, split) and the epoch's
+    generator, already advanced past the permutation."""
+
+    seed: int
+    epoch: int
+    split: Split
+    generator: torch.Generator
+
+    def for_batch(self, index: int) -> torch.Generator:
+        return batch_generator(self.seed, self.epoch, self.split, index)
 
 
 class TensorSource(DataSource):
@@ -175,14 +222,14 @@ class TensorSource(DataSource):
         self._files: dict[Part, tuple[Tensor, Tensor]] = {"train": train, "test": test}
         self._on_device: dict[torch.device, dict[Part, tuple[Tensor, Tensor]]] = {}
 
-    def _iterate(self, part: Part, rows: Tensor, batch_size: int, augmentation: str, generator: torch.Generator,
-                 device: torch.device, drop_last: bool) -> Iterator[tuple[Tensor, Tensor]]:
+    def _iterate(self, part: Part, rows: Tensor, micro: list[tuple[int, slice]], augmentation: str,
+                 draws: EpochDraws, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
         augment = get_augmentation(augmentation)
         images, labels = self._files_on(device)[part]
         rows = rows.to(device)
         normalise = self._normaliser(device)
-        return ((normalise(augment(images[rows[s]], self.img_size, generator)), labels[rows[s]])
-                for s in _batch_slices(len(rows), batch_size, drop_last))
+        return ((normalise(augment(images[rows[s]], self.img_size, draws.for_batch(g))), labels[rows[s]])
+                for g, s in micro)
 
     def _files_on(self, device: torch.device) -> dict[Part, tuple[Tensor, Tensor]]:
         """The whole dataset on `device`, copied once per device."""
@@ -221,13 +268,18 @@ class FolderSource(DataSource):
         self._folders: dict[Part, tv_datasets.ImageFolder] = {"train": train, "test": test}
         self._num_workers = cfg.num_workers
 
-    def _iterate(self, part: Part, rows: Tensor, batch_size: int, augmentation: str, generator: torch.Generator,
-                 device: torch.device, drop_last: bool) -> Iterator[tuple[Tensor, Tensor]]:
+    def _iterate(self, part: Part, rows: Tensor, micro: list[tuple[int, slice]], augmentation: str,
+                 draws: EpochDraws, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
         transform = get_pil_transform(augmentation, self.img_size)
-        seeds = torch.randint(2**62, (len(rows),), generator=generator)
-        keys = list(zip(rows.tolist(), seeds.tolist()))
+        # One seed per row of the epoch's order, drawn for all rows: an image's augmentation does
+        # not depend on the batch size, the rank or the loader worker that reads it.
+        seeds = torch.randint(2**62, (len(rows),), generator=draws.generator)
+        keys = [key for _, s in micro for key in zip(rows[s].tolist(), seeds[s].tolist())]
+        # The micro-batches are consecutive and only the last may be short, so plain batching of
+        # the concatenated keys reproduces them.
+        batch_size = max((s.stop - s.start for _, s in micro), default=1)
         loader = DataLoader(_SeededImages(self._folders[part], transform), batch_size=batch_size, sampler=keys,
-                            drop_last=drop_last, num_workers=self._num_workers, pin_memory=device.type == "cuda")
+                            drop_last=False, num_workers=self._num_workers, pin_memory=device.type == "cuda")
         normalise = self._normaliser(device)
         return ((normalise(images.to(device, non_blocking=True).float().div_(255)), labels.to(device))
                 for images, labels in loader)

@@ -5,6 +5,16 @@ on all but 1-D parameters and biases, `lr = blr * effective_batch / 256`, per-it
 then cosine, gradient accumulation. Added: bf16 autocast on CPU and GPU, optional torch.compile,
 exact resume at epoch boundaries (data order and masks are functions of seed and epoch), a
 checksum on every checkpoint, a clear error on a non-finite loss.
+
+Data-parallel: when a launcher has initialised torch.distributed (ablate/distributed.py runs this
+function under Ray Train's TorchTrainer), the same function trains one shard per rank under DDP.
+The effective batch is batch_size x world_size x accum_iter (the lr rule uses it); gradients are
+all-reduced once per optimizer step (`no_sync` on the other accumulation micro-steps, which the
+release did not do); rank 0 alone writes checkpoints, the encoder and reconstructions, and calls
+`report`. Images, augmentation and masks are functions of the position in the epoch (core/data.py),
+so N workers with accumulation A train exactly as one worker with accumulation N x A, and a
+checkpoint resumes on any number of workers (the lr rule keeps the effective batch's peak lr only
+if batch_size x workers x accum_iter is kept).
 """
 from __future__ import annotations
 
@@ -12,6 +22,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -23,6 +34,7 @@ from core.checkpoint import load_latest, save_checkpoint, save_encoder
 from core.config import PretrainJob
 from core.data import DataSource, open_dataset
 from core.device import autocast, resolve_device, seed_everything
+from core.distributed import Dist, unwrap
 from core.flops import train_flops_per_image
 from core.model import MaskedAutoencoder
 from core.progress import EpochProgress
@@ -30,84 +42,132 @@ from core.schedule import adjust_learning_rate
 
 Report = Callable[[dict], None]
 RECON_FILE = "reconstructions.npz"
+MASK_STREAM = 0x6D61736B  # "mask": keeps mask seeds apart from data seeds of the same numbers
 
 
 def pretrain(job: PretrainJob, out_dir: Path, report: Report | None = None) -> dict:
     """Pre-train, checkpointing into `out_dir` and resuming from a good checkpoint found there.
 
-    Calls `report(metrics)` once per epoch; returns the final metrics: pretrain_loss, img_per_s,
-    pretrain_wall_clock_s, train_flops_per_img, epochs.
+    Calls `report(metrics)` once per epoch (on rank 0); returns the final metrics: pretrain_loss,
+    img_per_s, pretrain_wall_clock_s, train_flops_per_img, epochs, workers. Under torch.distributed
+    every rank must see the same `out_dir` (one machine, or storage shared by the nodes).
     """
     cfg = job.pretrain
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
+    dist = Dist.current(resolve_device(cfg.device))
+    device = dist.device
+    if dist.is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed)  # the same initial weights on every rank (DDP broadcasts rank 0's anyway)
     source = open_dataset(job.data, img_size=job.model.img_size, in_chans=job.model.in_chans)
     model = MaskedAutoencoder(job.model).to(device)
+    peak_lr = cfg.lr(workers=dist.world_size)
     # fused: one kernel for all parameters (the per-tensor loop cost ~10% of a small model's step on CPU)
-    optimizer = torch.optim.AdamW(param_groups_weight_decay(model, cfg.weight_decay), lr=cfg.lr(), betas=cfg.betas,
+    optimizer = torch.optim.AdamW(param_groups_weight_decay(model, cfg.weight_decay), lr=peak_lr, betas=cfg.betas,
                                   fused=True)
 
     start_epoch, wall_clock = 0, 0.0
-    state = load_latest(out_dir)
+    state = load_latest(out_dir)  # saved from the unwrapped model: loads on any number of workers
+    effective_batch = cfg.effective_batch * dist.world_size
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, wall_clock = state["epoch"] + 1, float(state.get("wall_clock_s", 0.0))
+        before = state.get("effective_batch")
+        if before is not None and before != effective_batch and dist.is_main():
+            warnings.warn(f"{out_dir}: resuming a run trained with an effective batch of {before} at {effective_batch} "
+                          f"(batch_size x workers x accum_iter): its peak lr and images per step change; keep the "
+                          f"product to continue the same run", stacklevel=2)
     elif model.target.needs_fit:
-        fit_target(model, source, cfg.seed, device)
+        fit_target(model, source, cfg.seed, device)  # identical on every rank: same seed, same images
 
-    step_fn = torch.compile(model) if cfg.compile else model
-    flops = train_flops_per_image(model, device)
+    flops = train_flops_per_image(model, device)  # before DDP: its backward must not reach the reducer
+    # A parameter without a gradient (the decoder's mask token when the encoder takes the mask
+    # tokens or nothing is masked) would stall DDP's reducer unless it looks for unused ones.
+    unused = job.model.mask_token_in_encoder or job.model.mask_ratio == 0
+    ddp = dist.wrap_ddp(model, find_unused_parameters=unused)
+    step_fn = torch.compile(ddp) if cfg.compile else ddp
     metrics: dict = {}
     for epoch in range(start_epoch, cfg.epochs):
-        metrics = train_one_epoch(step_fn, optimizer, source, job, epoch, device)
+        metrics = train_one_epoch(step_fn, optimizer, source, job, epoch, dist, ddp=ddp, peak_lr=peak_lr)
         wall_clock += metrics["epoch_time_s"]
         metrics.update(pretrain_wall_clock_s=wall_clock, train_flops_per_img=flops)
-        if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+        if dist.is_main() and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
             save_checkpoint(out_dir, model=model, optimizer=optimizer, epoch=epoch, config=job.model_dump(mode="json"),
-                            extra={"wall_clock_s": wall_clock, "metrics": metrics})
-        if report is not None:
+                            extra={"wall_clock_s": wall_clock, "metrics": metrics, "workers": dist.world_size,
+                                   "effective_batch": effective_batch})
+        dist.barrier()  # nobody runs ahead of a checkpoint that is still being written
+        if report is not None and dist.is_main():
             report(metrics)
     if not metrics and state is not None:  # already finished: report what the checkpoint holds
         metrics = dict(state.get("metrics", {}))
-    save_encoder(model, out_dir)
-    save_reconstructions(model, source, out_dir / RECON_FILE, device)
     result = {"pretrain_loss": metrics.get("loss", float("nan")), "img_per_s": metrics.get("img_per_s", float("nan")),
-              "pretrain_wall_clock_s": wall_clock, "train_flops_per_img": flops, "epochs": cfg.epochs}
-    (out_dir / "pretrain_result.json").write_text(json.dumps(result, indent=2))
+              "pretrain_wall_clock_s": wall_clock, "train_flops_per_img": flops, "epochs": cfg.epochs,
+              "workers": dist.world_size}
+    if dist.is_main():
+        save_encoder(model, out_dir)
+        save_reconstructions(model, source, out_dir / RECON_FILE, device)
+        (out_dir / "pretrain_result.json").write_text(json.dumps(result, indent=2))
+    dist.barrier()
     return result
 
 
+def mask_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """The mask noise of global micro-batch `index` of an epoch: the same on any rank that processes it."""
+    entropy = [seed % 2**64, epoch, index, MASK_STREAM]
+    state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
 def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, source: DataSource,
-                    job: PretrainJob, epoch: int, device: torch.device) -> dict:
-    """One epoch; returns averaged metrics. Masks are drawn from a generator seeded by (seed, epoch)."""
+                    job: PretrainJob, epoch: int, dist: Dist, *, ddp: torch.nn.Module | None = None,
+                    peak_lr: float | None = None) -> dict:
+    """One epoch of this rank's shard; returns metrics averaged over all ranks.
+
+    `model` is what runs the step (possibly compiled), `ddp` the DDP wrapper whose `no_sync` skips
+    the all-reduce on non-final accumulation micro-steps (default: `model`). Only whole optimizer
+    steps run: the epoch's tail that cannot fill batch_size x world x accum_iter images is
+    skipped, as it would be lost to the next epoch's zero_grad anyway.
+    """
     cfg = job.pretrain
+    ddp = model if ddp is None else ddp
+    device = dist.device
     model.train()
-    steps = source.steps_per_epoch("train", cfg.batch_size)
+    micro_steps = source.steps_per_epoch("train", cfg.batch_size, shard=dist.shard)
+    steps = micro_steps - micro_steps % cfg.accum_iter
     if steps == 0:
-        raise ValueError(f"batch_size {cfg.batch_size} exceeds the {source.num_samples('train')} training images")
-    torch.manual_seed(cfg.seed * 100_003 + epoch)  # masks: a function of (seed, epoch), so resume is exact
+        global_batch = cfg.batch_size * dist.world_size * cfg.accum_iter
+        raise ValueError(f"batch_size x workers x accum_iter = {cfg.batch_size} x {dist.world_size} x "
+                         f"{cfg.accum_iter} = {global_batch} exceeds the {source.num_samples('train')} training images")
+    # Any other draw from the global generator (none in MAE itself) differs between ranks.
+    entropy = np.random.SeedSequence([cfg.seed % 2**64, epoch, dist.rank]).generate_state(1, dtype=np.uint64)[0]
+    torch.manual_seed(int(entropy))
     batches = source.batches("train", batch_size=cfg.batch_size, augmentation=job.data.augmentation, shuffle=True,
-                             seed=cfg.seed, epoch=epoch, device=device)
+                             seed=cfg.seed, epoch=epoch, device=device, shard=dist.shard)
+    base = unwrap(ddp)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     lr = 0.0
     optimizer.zero_grad(set_to_none=True)
     start = time.perf_counter()
     with EpochProgress(f"pretrain epoch {epoch + 1}/{cfg.epochs}", steps) as progress:
-        for step, (imgs, _) in enumerate(batches):
+        for step, (imgs, _) in zip(range(steps), batches):
             if step % cfg.accum_iter == 0:
-                lr = adjust_learning_rate(optimizer, step / steps + epoch, cfg)
-            with autocast(device, cfg.precision):
-                loss, _, _ = model(imgs)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"non-finite pre-training loss {loss_value} at epoch {epoch}, step {step}")
-            (loss / cfg.accum_iter).backward()
-            if (step + 1) % cfg.accum_iter == 0:
+                lr = adjust_learning_rate(optimizer, step / steps + epoch, cfg, lr=peak_lr)
+            index = step * dist.world_size + dist.rank  # this micro-batch's position in the epoch (core/data.py)
+            noise = base.mask_noise(imgs.shape[0], device, generator=mask_generator(cfg.seed, epoch, index))
+            last = (step + 1) % cfg.accum_iter == 0
+            with dist.no_sync(ddp, sync=last):
+                with autocast(device, cfg.precision):
+                    loss, _, _ = model(imgs, noise=noise)
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    where = f" on rank {dist.rank}" if dist.world_size > 1 else ""
+                    raise FloatingPointError(f"non-finite pre-training loss {loss_value} at epoch {epoch}, "
+                                             f"step {step}{where}")
+                (loss / cfg.accum_iter).backward()
+            if last:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             loss_sum += loss_value
@@ -115,8 +175,9 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, so
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
-    return {"epoch": epoch, "loss": float(loss_sum) / steps, "lr": lr, "img_per_s": steps * cfg.batch_size / elapsed,
-            "epoch_time_s": elapsed}
+    mean_loss = float(dist.all_reduce_mean(loss_sum / steps))
+    images = steps * cfg.batch_size * dist.world_size
+    return {"epoch": epoch, "loss": mean_loss, "lr": lr, "img_per_s": images / elapsed, "epoch_time_s": elapsed}
 
 
 @torch.no_grad()
