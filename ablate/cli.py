@@ -1,0 +1,172 @@
+"""`ablate`: the MAE paper's ablation studies as declarative, resumable, one-command experiments.
+
+Each command is a few lines over the library: load and plan the study (which validates every
+arm), then show, run, or report. Bad input is one line on stderr and exit status 2, before
+anything is created.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
+import typer
+from rich.console import Console
+
+from ablate import store
+from ablate.errors import EXIT_BAD_INPUT, EXIT_CANNOT_RUN, CannotRun, StudyError
+from ablate.plan import Plan, plan
+from ablate.profiles import DEFAULT_PROFILE, load_profile
+from ablate.study import load_study
+
+app = typer.Typer(
+    help="Run the ablation studies of Masked Autoencoders (He et al., 2021) on Ray Tune, tracked in MLflow. "
+         "A study file (studies/*.yaml) expands into arms and stages; rerunning `ablate run` resumes it.",
+    no_args_is_help=True, add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False)
+
+StudyArg = Annotated[Path, typer.Argument(help="The study file, e.g. studies/masking_ratio.yaml.",
+                                          show_default=False)]
+ProfileOpt = Annotated[Optional[str], typer.Option(
+    "--profile", "-p", help=f"Profile name (studies/profiles/<name>.yaml) or a profile file. "
+                            f"Default: {DEFAULT_PROFILE}; for status and report, the one the study last ran with.",
+    show_default=False)]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output root: the shared stage store and one folder per "
+                                                           "study.")]
+
+EXIT_FAILED, EXIT_INTERRUPTED = 1, 130  # some stage failed; stopped by Ctrl-C
+
+
+@contextmanager
+def bad_input() -> Iterator[None]:
+    """StudyError -> one line on stderr, exit status 2, no traceback."""
+    try:
+        yield
+    except StudyError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+def _console() -> Console:
+    # Piped or captured output (CI, logs) gets wide lines instead of rich's default 80 columns.
+    return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+
+
+def load(study_file: Path, profile: str | None, out: Path | None = None, *, say: bool = True) -> Plan:
+    """Study + profile -> a validated plan, printing which profile runs."""
+    with bad_input():
+        study = load_study(study_file)
+        if profile is None and out is not None:  # reuse what the study last ran with
+            from ablate.runner import last_profile
+            profile = last_profile(store.study_dir(out, study.name))
+        prof = load_profile(profile or DEFAULT_PROFILE, study.source)
+        the_plan = plan(study, prof)
+    if say:
+        _console().print(f"profile {prof.name}: {prof.description}")
+    return the_plan
+
+
+@app.command()
+def validate(study: StudyArg, profile: ProfileOpt = None) -> None:
+    """Check a study against a profile: schema, and the merged config of every arm. Writes nothing."""
+    p = load(study, profile)
+    _console().print(f"ok: {study} is valid: {len(p.arms)} arm(s) x {len(p.study.seeds)} seed(s), "
+                     f"{len(p.stages)} stage(s)")
+
+
+@app.command(name="plan")
+def show_plan(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT_OUT) -> None:
+    """Show the stage table (arm, stage, stage id, done?) with a cost estimate. Runs and writes nothing."""
+    from ablate.views import plan_table
+
+    p = load(study, profile)
+    plan_table(p, out, _console())
+
+
+@app.command()
+def run(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT_OUT,
+        address: Annotated[Optional[str], typer.Option(help="Join a running Ray cluster ('auto' or host:port) "
+                                                            "instead of starting a local one.")] = None,
+        rerun_failed: Annotated[bool, typer.Option("--rerun-failed", help="Retry stages that failed (otherwise "
+                                                                          "they are reported, not retried).")] = False,
+        max_concurrent: Annotated[Optional[int], typer.Option(min=1, help="At most this many trials at once "
+                                                                          "(default: as resources allow).")] = None,
+        ) -> None:
+    """Run a study (or resume it: finished stages are skipped), tracked in MLflow, then draw its report."""
+    from ablate.ray_backend import RayBackend
+    from ablate.runner import run_study
+    from ablate.views import outcome_summary
+
+    p = load(study, profile)
+    console = _console()
+    try:
+        outcome = run_study(p, out, backend=RayBackend(address, max_concurrent), rerun_failed=rerun_failed,
+                            console=console)
+    except CannotRun as e:
+        typer.echo(f"cannot run {p.study.name}: {e}", err=True)
+        raise typer.Exit(EXIT_CANNOT_RUN) from None
+    code = outcome_summary(p, outcome, console, resume=_resume_command(study, profile, out))
+    raise typer.Exit(EXIT_INTERRUPTED if outcome.interrupted else code)
+
+
+@app.command()
+def status(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT_OUT) -> None:
+    """Per-stage state from the stage store: done, failed (with the error), blocked or pending."""
+    from ablate.views import status_table
+
+    p = load(study, profile, out)
+    status_table(p, out, _console())
+
+
+@app.command()
+def ui(study: StudyArg, out: OutOpt = store.DEFAULT_OUT,
+       port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000) -> None:
+    """Open the study's MLflow UI (mlflow ui on 127.0.0.1)."""
+    with bad_input():
+        s = load_study(study)
+    if s.tracking.uri and not s.tracking.uri.startswith("sqlite:"):
+        typer.echo(f"{s.name} is tracked on {s.tracking.uri}; open that server's UI.")
+        return
+    db = (store.study_dir(out, s.name) / "mlflow.db").resolve()
+    if not db.is_file():
+        typer.echo(f"no MLflow database at {db}; run the study first: ablate run {study}", err=True)
+        raise typer.Exit(EXIT_FAILED)
+    mlflow = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
+    command = [mlflow, "ui", "--backend-store-uri", f"sqlite:///{db}", "--host", "127.0.0.1", "--port", str(port)]
+    typer.echo(f"MLflow UI for {s.name} on http://127.0.0.1:{port} (Ctrl-C to stop): {' '.join(command)}")
+    try:
+        subprocess.run(command, check=False)
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def report(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT_OUT) -> None:
+    """Rebuild results.csv and history.csv from the stage store and redraw the figures and tables."""
+    from ablate import results
+    from ablate.runner import last_run
+
+    p = load(study, profile, out)
+    folder = store.study_dir(out, p.study.name)
+    if not folder.is_dir():
+        typer.echo(f"no results for {p.study.name} under {out}; run it first: ablate run {study}", err=True)
+        raise typer.Exit(EXIT_FAILED)
+    table, history = results.write_tables(p, out, folder)
+    path = results.write_report(p, out, folder, table, history, mlflow=last_run(folder).get("mlflow"))
+    typer.echo(f"results: {folder / results.RESULTS} ({len(table)} rows)")
+    typer.echo(f"report: {path}" if path else "report: not drawn (the dashboards package is not installed)")
+
+
+def _resume_command(study: Path, profile: str | None, out: Path) -> str:
+    parts = ["ablate", "run", str(study)]
+    if profile is not None:
+        parts += ["--profile", profile]
+    if Path(out) != store.DEFAULT_OUT:
+        parts += ["--out", str(out)]
+    return " ".join(parts)
+
+
+if __name__ == "__main__":
+    app()

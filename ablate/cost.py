@@ -1,0 +1,93 @@
+"""A rough cost per stage for `ablate plan`: images processed and minutes, nothing run.
+
+Minutes come from the profile's measured MAE pre-training speed of a model variant (img/s at
+its default mask ratio and decoder, one trial at the profile's resources), scaled by the
+transformer FLOPs of the stage against that reference: a ratio-0.9 arm encodes fewer tokens, a
+fine-tune runs the encoder on all of them forward and backward, a probe forward only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from core.config import ModelConfig
+from ablate.plan import Stage
+from ablate.profiles import Profile
+
+# Training and test images per dataset (synthetic: its configured size, a quarter for test).
+DATASET_SIZES: dict[str, tuple[int, int]] = {
+    "fashion_mnist": (60_000, 10_000), "cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000),
+    "imagefolder": (1_281_167, 50_000)}
+BACKWARD = 2.0  # a backward pass costs about twice the forward
+
+
+@dataclass(frozen=True)
+class Cost:
+    images: int  # images through the network (training and evaluation passes)
+    seconds: float | None  # None: no measured speed for this model variant in the profile
+
+
+def split_sizes(data: Mapping[str, Any]) -> tuple[int, int, int]:
+    """(train, val, test) images after the val carve and the limits, as core.data makes them."""
+    if data["dataset"] == "synthetic":
+        n_train, n_test = data["synthetic_size"], max(16, data["synthetic_size"] // 4)
+    else:
+        n_train, n_test = DATASET_SIZES[data["dataset"]]
+    n_val = int(round(n_train * data["val_fraction"]))
+    train = n_train - n_val
+    if data.get("train_limit"):
+        train = min(train, data["train_limit"])
+    if data.get("test_limit"):
+        n_test = min(n_test, data["test_limit"])
+    return train, n_val, n_test
+
+
+def blocks_flops(width: int, depth: int, tokens: float, mlp_ratio: float) -> float:
+    """Forward FLOPs of `depth` pre-norm transformer blocks on `tokens` tokens (2 per multiply-add)."""
+    per_token = 2 * (4 + 2 * mlp_ratio) * width ** 2  # qkv, proj, two MLP layers
+    attention = 4 * tokens ** 2 * width  # QK^T and attention x V
+    return depth * (per_token * tokens + attention)
+
+
+def encoder_flops(m: Mapping[str, Any], tokens: float | None = None) -> float:
+    tokens = tokens if tokens is not None else (m["img_size"] // m["patch_size"]) ** 2 + 1
+    return blocks_flops(m["embed_dim"], m["depth"], tokens, m["mlp_ratio"])
+
+
+def mae_train_flops(m: Mapping[str, Any]) -> float:
+    """One MAE training image: encoder on the visible tokens, decoder on all, forward + backward."""
+    patches = (m["img_size"] // m["patch_size"]) ** 2
+    visible = patches + 1 if m["mask_token_in_encoder"] else int(patches * (1 - m["mask_ratio"])) + 1
+    forward = encoder_flops(m, visible) + blocks_flops(m["decoder_embed_dim"], m["decoder_depth"], patches + 1,
+                                                       m["mlp_ratio"])
+    return forward * (1 + BACKWARD)
+
+
+def flops_per_second(profile: Profile, variant: str) -> float | None:
+    speed = profile.throughput.get(variant)
+    if not speed:
+        return None
+    return speed * mae_train_flops(ModelConfig(variant=variant).model_dump())
+
+
+def estimate(stage: Stage, profile: Profile) -> Cost:
+    m, data, recipe = stage.config["model"], stage.config["data"], stage.recipe
+    train, val, test = split_sizes(data)
+    epochs, batch = recipe["epochs"], recipe["batch_size"]
+    seen = (train // batch) * batch  # full batches only
+    forward = encoder_flops(m)
+    if stage.runner == "pretrain":
+        images, flops = epochs * seen, epochs * seen * mae_train_flops(m)
+    elif stage.runner == "linear_probe":
+        if recipe["augmentation"] == "none" and recipe["cache_features"]:
+            images = train + val + test  # features computed once
+        else:
+            images = epochs * (seen + val + test)
+        flops = images * forward
+    else:
+        k = recipe.get("tune_blocks")
+        tuned = 1.0 if k is None or recipe.get("init") == "random" else min(1.0, k / m["depth"])
+        images = epochs * (seen + val + test)
+        flops = epochs * (seen * forward * (1 + BACKWARD * tuned) + (val + test) * forward)
+    rate = flops_per_second(profile, m["variant"])
+    return Cost(images, flops / rate if rate else None)

@@ -1,0 +1,388 @@
+"""What to run: `plan(study, profile) -> Plan`, pure (no Ray, no MLflow, nothing written).
+
+A study expands into arms (grid x zip x named arms x partial-fine-tune blocks) and seeds. Each
+(arm, seed) is a small graph of stages: pretrain -> its evaluations (linear_probe, finetune,
+partial_finetune, scratch; scratch does not depend on pre-training). A stage is identified by the
+hash of its fully resolved config plus its parent's id, so one pre-training shared by several
+arms or evaluations is one stage, and finished stages are found again by later runs and studies.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from pydantic import BaseModel, ValidationError
+
+from core.config import DataConfig, ModelConfig, PretrainJob
+from core.eval_config import FinetuneJob, LinearProbeJob
+from ablate.errors import StudyError, from_validation
+from ablate.profiles import Profile
+from ablate.study import SECTIONS, SEED_FIELDS, Resources, Study
+
+ID_LENGTH = 12  # hex digits of sha256: collisions are out of reach for any realistic store
+# What a scratch classifier never uses: the decoder, the masking and the reconstruction target,
+# and the pre-training augmentation. Reset to their defaults in the scratch stage, so one scratch
+# baseline serves every arm that shares the encoder and the fine-tuning recipe.
+PRETRAIN_ONLY_MODEL_FIELDS = ("decoder_embed_dim", "decoder_depth", "decoder_num_heads", "mask_ratio",
+                              "mask_sampling", "mask_token_in_encoder", "loss_on", "target", "pca_components",
+                              "codebook_size", "codebook_path")
+PRETRAIN_ONLY_DATA_FIELDS = ("augmentation",)
+# Per runner: the job class and the name of its recipe section inside the job.
+JOBS: dict[str, tuple[type[BaseModel], str, str]] = {
+    "pretrain": (PretrainJob, "pretrain", "pretrain"),
+    "linear_probe": (LinearProbeJob, "probe", "linear_probe"),
+    "finetune": (FinetuneJob, "finetune", "finetune"),
+}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One unit of work: a core function, its resolved job config, and the stage it needs first."""
+
+    id: str
+    kind: str  # pretrain | linear_probe | finetune | partial_finetune | scratch
+    runner: str  # pretrain | linear_probe | finetune
+    config: Mapping[str, Any]  # the job as JSON data: {"model", "data", "pretrain" | "probe" | "finetune"}
+    parent: str | None = None
+
+    @property
+    def recipe(self) -> Mapping[str, Any]:
+        return self.config[JOBS[self.runner][1]]
+
+    @property
+    def epochs(self) -> int:
+        return int(self.recipe["epochs"])
+
+    def job(self) -> BaseModel:
+        return JOBS[self.runner][0].model_validate(self.config)
+
+    def flat_config(self) -> dict[str, Any]:
+        """The resolved config under the study's dotted names (`linear_probe.blr`, not `probe.blr`)."""
+        section = JOBS[self.runner]
+        out: dict[str, Any] = {}
+        for name, values in self.config.items():
+            prefix = section[2] if name == section[1] else name
+            out.update({f"{prefix}.{k}": v for k, v in values.items()})
+        return out
+
+
+@dataclass(frozen=True)
+class ArmRun:
+    """One row of the results: an arm at one seed, and the stage it runs for each evaluation."""
+
+    arm: str
+    seed: int
+    axes: Mapping[str, Any]  # varied dotted key -> its resolved value in this arm
+    stages: Mapping[str, str]  # stage name -> stage id, in dependency order
+    # Searched evaluations: stage name -> candidate stage ids (the best by validation metric counts).
+    candidates: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Plan:
+    study: Study
+    profile: Profile
+    runs: tuple[ArmRun, ...]
+    stages: Mapping[str, Stage]  # every stage once, parents before children
+    resources: Resources
+
+    @property
+    def arms(self) -> list[str]:
+        return list(dict.fromkeys(r.arm for r in self.runs))
+
+    @property
+    def axis_keys(self) -> list[str]:
+        return self.study.varied_keys
+
+    def users(self, stage_id: str) -> list[tuple[ArmRun, str]]:
+        """The (arm run, stage name) pairs that use a stage (a shared stage has several)."""
+        out = []
+        for run in self.runs:
+            for name, sid in run.stages.items():
+                if sid == stage_id:
+                    out.append((run, name))
+            for name, ids in run.candidates.items():
+                out += [(run, f"{name}#{i + 1}") for i, sid in enumerate(ids) if sid == stage_id]
+        return out
+
+    def children(self, stage_id: str) -> list[str]:
+        return [s.id for s in self.stages.values() if s.parent == stage_id]
+
+
+# ---------------------------------------------------------------------------------- hashing
+def canonical_json(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def stage_id(kind: str, config: Mapping[str, Any], parent: str | None) -> str:
+    """`<kind>-<sha256[:12]>` of the resolved config and the parent id. The kind prefix is for
+    people reading folders; it is a function of the config, so it is not hashed."""
+    digest = hashlib.sha256(canonical_json({"config": config, "parent": parent}).encode()).hexdigest()
+    return f"{kind}-{digest[:ID_LENGTH]}"
+
+
+# ---------------------------------------------------------------------------------- arms
+@dataclass
+class _Arm:
+    name: str
+    overlay: dict[str, Any]  # dotted key -> value
+    origin: dict[str, str]  # dotted key -> where in the study file it is set
+
+
+def format_value(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def _labels(keys: list[str]) -> dict[str, str]:
+    """Short labels for arm names: the field name, or the full key where two sections share it."""
+    last = [k.rpartition(".")[2] for k in keys]
+    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
+
+
+def expand_arms(study: Study) -> list[_Arm]:
+    """Named arms x grid (axes) x zip x partial-fine-tune blocks, named from their values."""
+    labels = _labels(study.varied_keys)
+    named = [_Arm(name, {f"{s}.{k}": v for s, fields in ov.items() for k, v in fields.items()},
+                  {f"{s}.{k}": f"arms.{name}.{s}.{k}" for s, fields in ov.items() for k in fields})
+             for name, ov in study.arms.items()] or [_Arm("", {}, {})]
+    grid_keys = list(study.axes)
+    grid = [[(key, i, v) for i, v in enumerate(study.axes[key])] for key in grid_keys]
+    zipped = [[(key, i, values[i]) for key, values in study.zip.items()]
+              for i in range(len(next(iter(study.zip.values()))))] if study.zip else [[]]
+    blocks = _partial_blocks(study)
+
+    arms = []
+    for arm, cell, row, block in itertools.product(named, itertools.product(*grid), zipped, blocks):
+        overlay, origin, parts = dict(arm.overlay), dict(arm.origin), [arm.name] if arm.name else []
+        settings = [(key, value, f"axes.{key}[{i}]") for key, i, value in cell]
+        settings += [(key, value, f"zip.{key}[{i}]") for key, i, value in row]
+        if block is not None:
+            i, value = block
+            settings.append(("finetune.tune_blocks", None if value == "all" else value,
+                             f"partial_finetune.blocks[{i}]"))
+        for key, value, where in settings:
+            if key in arm.overlay:
+                raise StudyError(None, where, f"{key} is also set by arm {arm.name!r}; set each key in one place")
+            overlay[key], origin[key] = value, where
+            parts.append(f"{labels[key]}={'all' if key == 'finetune.tune_blocks' and value is None else format_value(value)}")
+        arms.append(_Arm(",".join(parts) or "base", overlay, origin))
+    names = [a.name for a in arms]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise StudyError(None, "axes", f"two arms would both be named {repeated[0]!r}; repeated values?")
+    return arms
+
+
+def _partial_blocks(study: Study) -> list[tuple[int, Any] | None]:
+    if study.partial_finetune is None:
+        return [None]
+    blocks = list(enumerate(study.partial_finetune.blocks))
+    if "finetune" in study.evaluations and not any(v == "all" for _, v in blocks):
+        blocks.append((len(blocks), "all"))  # end-to-end fine-tuning is the 'all blocks' point
+    return blocks
+
+
+# ---------------------------------------------------------------------------------- resolving
+class _Resolver:
+    """Merges profile base, study base and an arm overlay, and validates each section, blaming the
+    file and field a bad value came from."""
+
+    def __init__(self, study: Study, profile: Profile):
+        self.study, self.profile = study, profile
+        self.origin: dict[str, tuple[Path | None, str]] = {}
+        self.merged: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+        for source, overlay in ((profile.source, profile.base), (study.source, study.base)):
+            for section, fields in overlay.items():
+                for name, value in fields.items():
+                    self.merged[section][name] = value
+                    self.origin[f"{section}.{name}"] = (source, f"base.{section}.{name}")
+
+    def resolve(self, arm: _Arm, seed: int) -> dict[str, BaseModel]:
+        for key in SEED_FIELDS:  # one list of seeds, so every stage of a repetition shares it
+            if key in arm.overlay or key in self.origin:
+                file, path = (self.study.source, arm.origin[key]) if key in arm.overlay else self.origin[key]
+                raise StudyError(file, path, "seeds are set by the study's `seeds: [...]` list, not per key")
+        merged = {s: dict(f) for s, f in self.merged.items()}
+        origin = dict(self.origin)
+        for key, value in arm.overlay.items():
+            section, name = key.split(".", 1)
+            merged[section][name] = value
+            origin[key] = (self.study.source, arm.origin[key])
+        for key in SEED_FIELDS:
+            section, name = key.split(".", 1)
+            merged[section][name] = seed
+            origin[key] = (self.study.source, "seeds")
+
+        def where(path: str, section: str) -> tuple[Path | None, str]:
+            if path in origin:
+                return origin[path]
+            return self.study.source, f"arm {arm.name!r}: {path or section}"
+
+        configs = {}
+        for section, cls in SECTIONS.items():
+            configs[section] = self._validate(cls, merged[section], lambda p, s=section: where(_under(s, p), s))
+        model, data = configs["model"], configs["data"]
+        jobs = {"pretrain": (PretrainJob, {"pretrain": configs["pretrain"]}),
+                "linear_probe": (LinearProbeJob, {"probe": configs["linear_probe"]}),
+                "finetune": (FinetuneJob, {"finetune": configs["finetune"]})}
+        for runner, (cls, recipe) in jobs.items():
+            if runner in ("linear_probe", "finetune") and not self._uses(runner):
+                continue
+            # Cross-section checks (channels, tune_blocks <= depth): blamed on the arm.
+            self._validate(cls, {"model": model, "data": data, **recipe}, lambda p, r=runner: where(_job_path(p), r))
+        return configs
+
+    def _uses(self, runner: str) -> bool:
+        evaluations = set(self.study.evaluations)
+        if runner == "finetune":
+            return bool(evaluations & {"finetune", "partial_finetune", "scratch"})
+        return runner in evaluations
+
+    @staticmethod
+    def _validate(cls: type[BaseModel], data: dict[str, Any],
+                  where: Callable[[str], tuple[Path | None, str]]) -> BaseModel:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise from_validation(None, e, where=where) from None
+
+
+def _under(section: str, path: str) -> str:
+    return f"{section}.{path}" if path else section
+
+
+def _job_path(path: str) -> str:
+    """A job's error location under the study's names: probe.blr -> linear_probe.blr."""
+    head, _, rest = path.partition(".")
+    renamed = {"probe": "linear_probe"}.get(head, head)
+    return f"{renamed}.{rest}" if rest else (renamed if head else "")
+
+
+# ---------------------------------------------------------------------------------- stages
+def _dump(model: BaseModel) -> dict[str, Any]:
+    return model.model_dump(mode="json")
+
+
+def _eval_kind(finetune: Mapping[str, Any]) -> str:
+    if finetune["init"] == "random":
+        return "scratch"
+    return "finetune" if finetune["tune_blocks"] is None else "partial_finetune"
+
+
+def scratch_model(model: ModelConfig) -> ModelConfig:
+    """The classifier's model with every pre-training-only field back at the variant's default."""
+    keep = {k: v for k, v in model.model_dump().items() if k not in PRETRAIN_ONLY_MODEL_FIELDS}
+    return ModelConfig.model_validate(keep)  # the variant fills the rest
+
+
+def _search_values(study: Study) -> list[float]:
+    """The candidate values of the searched parameter, drawn by Optuna's seeded quasi-random (Sobol)
+    sampler. They depend on the search spec only, never on results, so the candidates are stages
+    like any other: planned up front, run in parallel, and found again when a study is resumed."""
+    import warnings
+
+    import optuna
+
+    spec = study.search
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # QMCSampler is marked experimental
+        sampler = optuna.samplers.QMCSampler(seed=0, scramble=True, warn_independent_sampling=False)
+        search = optuna.create_study(sampler=sampler, direction="maximize" if spec.mode == "max" else "minimize")
+        distribution = optuna.distributions.FloatDistribution(spec.low, spec.high, log=spec.log)
+        values = []
+        for _ in range(spec.trials):
+            trial = search.ask({"x": distribution})
+            values.append(float(f"{trial.params['x']:.4g}"))
+            search.tell(trial, 0.0)
+    return values
+
+
+def plan(study: Study, profile: Profile) -> Plan:
+    """Expand a study into arm runs and a deduplicated stage graph; validate every arm's config."""
+    try:
+        return _plan(study, profile)
+    except StudyError as e:
+        if e.file is None:
+            raise StudyError(study.source, e.path, e.message) from None
+        raise
+
+
+def _plan(study: Study, profile: Profile) -> Plan:
+    resolver = _Resolver(study, profile)
+    search_values = _search_values(study) if study.search is not None else []
+    stages: dict[str, Stage] = {}
+    runs: list[ArmRun] = []
+
+    def add(kind: str, runner: str, config: dict[str, Any], parent: str | None) -> str:
+        sid = stage_id(kind, config, parent)
+        stages.setdefault(sid, Stage(sid, kind, runner, config, parent))
+        return sid
+
+    for arm in expand_arms(study):
+        for seed in study.seeds:
+            configs = resolver.resolve(arm, seed)
+            model, data = _dump(configs["model"]), _dump(configs["data"])
+            pre = add("pretrain", "pretrain", {"model": model, "data": data, "pretrain": _dump(configs["pretrain"])},
+                      None)
+            ids, candidates = {"pretrain": pre}, {}
+
+            def evaluation(runner: str, recipe: dict[str, Any], parent: str | None, m=model, d=data) -> tuple[str, str]:
+                section = JOBS[runner][1]
+                kind = "linear_probe" if runner == "linear_probe" else _eval_kind(recipe)
+                return kind, add(kind, runner, {"model": m, "data": d, section: recipe}, parent)
+
+            for name in study.evaluations:
+                if name == "scratch":
+                    recipe = {**_dump(configs["finetune"]), "init": "random", "tune_blocks": None}
+                    d = {**data, **{k: DataConfig.model_fields[k].default for k in PRETRAIN_ONLY_DATA_FIELDS}}
+                    ids["scratch"] = evaluation("finetune", recipe, None, _dump(scratch_model(configs["model"])), d)[1]
+                    continue
+                if name == "partial_finetune" and "finetune" in study.evaluations:
+                    continue  # the finetune evaluation below runs this arm's tune_blocks
+                runner = "linear_probe" if name == "linear_probe" else "finetune"
+                recipe = _dump(configs[runner])
+                if study.search is not None and study.search.section == runner:
+                    recipes = _candidates(study, runner, recipe, search_values)
+                    kinds_ids = [evaluation(runner, r, pre) for r in recipes]
+                    candidates[kinds_ids[0][0]] = tuple(sid for _, sid in kinds_ids)
+                else:
+                    kind, sid = evaluation(runner, recipe, pre)
+                    ids[kind] = sid
+            axes = {key: _resolved(configs, key) for key in study.varied_keys}
+            runs.append(ArmRun(arm.name, seed, axes, ids, candidates))
+    ordered = {sid: s for sid, s in stages.items() if s.parent is None}
+    ordered.update({sid: s for sid, s in stages.items() if s.parent is not None})
+    return Plan(study, profile, tuple(runs), ordered, study.resources or profile.resources)
+
+
+def _candidates(study: Study, runner: str, recipe: dict[str, Any], values: list[float]) -> list[dict[str, Any]]:
+    """The searched recipe at each candidate value; each must be a valid config too."""
+    section, name = study.search.param.split(".", 1)
+    out = []
+    for i, value in enumerate(values):
+        try:
+            out.append(_dump(SECTIONS[section].model_validate({**recipe, name: value})))
+        except ValidationError as e:
+            raise from_validation(None, e, where=lambda p: (study.source, "search"),
+                                  suffix=f" (candidate {i + 1}: {study.search.param}={value})") from None
+    return out
+
+
+def _resolved(configs: Mapping[str, BaseModel], key: str) -> Any:
+    section, name = key.split(".", 1)
+    value = getattr(configs[section], name)
+    return list(value) if isinstance(value, tuple) else value
+

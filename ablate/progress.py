@@ -1,0 +1,124 @@
+"""The live view while a study runs: stages done / running / failed / pending, and each running
+stage's epoch and latest metric. A rich table on a terminal; plain lines otherwise (CI, logs)."""
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from ablate import store
+from ablate.plan import Plan
+
+PLAIN_EVERY_S = 10.0  # plain output: at most one epoch line per stage this often (and the last epoch)
+# The metric worth watching per stage kind.
+HEADLINE = {"pretrain": "loss", "linear_probe": "lin_top1", "finetune": "ft_top1", "partial_finetune": "ft_top1",
+            "scratch": "ft_top1"}
+
+
+def stage_label(plan: Plan, stage_id: str) -> str:
+    users = plan.users(stage_id)
+    arms = list(dict.fromkeys(run.arm for run, _ in users))
+    name = users[0][1] if users else plan.stages[stage_id].kind
+    arm = arms[0] if len(arms) == 1 else f"{len(arms)} arms"
+    return f"{arm}/{name}"
+
+
+class LiveView:
+    def __init__(self, plan: Plan, states: dict[str, str], console: Console | None = None,
+                 live: bool | None = None):
+        self.plan = plan
+        self.states = dict(states)
+        self.console = console or Console()
+        self.live = self.console.is_terminal if live is None else live
+        self.running: dict[str, dict[str, Any]] = {}
+        self.wave = 0
+        self.started = time.time()
+        self._live: Live | None = None
+
+    # ------------------------------------------------------------------------- lifecycle
+    def __enter__(self) -> LiveView:
+        if self.live:
+            self._live = Live(get_renderable=self.render, console=self.console, refresh_per_second=2, transient=False)
+            self._live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    def _say(self, text: str) -> None:
+        if self._live is not None:
+            self._live.console.print(text, highlight=False)
+        else:
+            self.console.print(f"[{time.strftime('%H:%M:%S')}] {text}", highlight=False, soft_wrap=True)
+
+    # ------------------------------------------------------------------------- counts
+    def counts(self) -> dict[str, int]:
+        values = list(self.states.values())
+        return {"done": values.count(store.DONE), "running": len(self.running),
+                "failed": values.count(store.FAILED), "blocked": values.count(store.BLOCKED),
+                "pending": values.count(store.PENDING) - len(self.running), "total": len(values)}
+
+    def summary(self) -> str:
+        c = self.counts()
+        parts = [f"{c['done']}/{c['total']} done", f"{c['running']} running", f"{c['failed']} failed",
+                 f"{c['pending']} pending"]
+        if c["blocked"]:
+            parts.append(f"{c['blocked']} blocked")
+        return ", ".join(parts)
+
+    def render(self) -> Group:
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        for column in ("stage", "id", "epoch", "metric", "time"):
+            table.add_column(column)
+        now = time.time()
+        for sid, info in self.running.items():
+            epoch = info.get("epoch")
+            epochs = self.plan.stages[sid].epochs
+            metric = info.get("metric")
+            table.add_row(stage_label(self.plan, sid), sid, f"{epoch + 1}/{epochs}" if epoch is not None else f"-/{epochs}",
+                          f"{metric[0]} {metric[1]:.4g}" if metric else "", f"{now - info['since']:.0f}s")
+        head = Text(f"{self.plan.study.name} · wave {self.wave} · {self.summary()} · "
+                    f"{time.time() - self.started:.0f}s", style="bold")
+        return Group(head, table) if self.running else Group(head)
+
+    # ------------------------------------------------------------------------- listener
+    def wave_started(self, wave: int, stage_ids: Sequence[str]) -> None:
+        self.wave = wave
+        self._say(f"wave {wave}: {len(stage_ids)} stage{'s' if len(stage_ids) != 1 else ''} to run ({self.summary()})")
+
+    def stage_started(self, stage_id: str) -> None:
+        self.running.setdefault(stage_id, {"since": time.time()})
+        if self._live is None:
+            self._say(f"start   {stage_label(self.plan, stage_id)} ({stage_id})")
+
+    def stage_epoch(self, stage_id: str, metrics: dict[str, Any]) -> None:
+        info = self.running.setdefault(stage_id, {"since": time.time()})
+        info["epoch"] = int(metrics.get("epoch", 0))
+        key = HEADLINE.get(self.plan.stages[stage_id].kind)
+        if key in metrics:
+            info["metric"] = (key, float(metrics[key]))
+        last = info["epoch"] + 1 == self.plan.stages[stage_id].epochs
+        if self._live is None and (last or time.time() - info.get("said", 0.0) >= PLAIN_EVERY_S):
+            info["said"] = time.time()
+            metric = f"  {key} {float(metrics[key]):.4g}" if key in metrics else ""
+            self._say(f"epoch   {stage_label(self.plan, stage_id)} {info['epoch'] + 1}/{self.plan.stages[stage_id].epochs}"
+                      f"{metric}")
+
+    def stage_retrying(self, stage_id: str, error: str) -> None:
+        last = [line for line in (error or "").splitlines() if line.strip()]
+        self._say(f"retry   {stage_label(self.plan, stage_id)}: the trial failed "
+                  f"({last[-1][:160] if last else 'worker died'}); resuming from its checkpoint")
+
+    def stage_ended(self, stage_id: str, state: str, error: str | None) -> None:
+        self.running.pop(stage_id, None)
+        self.states[stage_id] = state
+        if state == store.FAILED:
+            self._say(f"FAILED  {stage_label(self.plan, stage_id)} ({stage_id}): {error or 'see error.txt'}")
+        else:
+            self._say(f"{state:<7} {stage_label(self.plan, stage_id)} ({self.summary()})")

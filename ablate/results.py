@@ -1,0 +1,164 @@
+"""The study's tables, read from the stage store: results.csv (one row per arm and seed) and
+history.csv (long: arm, seed, stage, epoch, metric, value), then the dashboards' report.
+
+Tables are rebuilt from the stage folders every time, so they are right after a crash, a resume,
+or when another study filled some of the shared stages.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ablate import store
+from ablate.plan import ArmRun, Plan
+
+RESULTS, HISTORY, REPORT = "results.csv", "history.csv", "report"
+# Which metrics each stage contributes to its row, and under which column name.
+COLUMNS: dict[str, dict[str, str]] = {
+    "pretrain": {"pretrain_loss": "pretrain_loss", "pretrain_wall_clock_s": "pretrain_wall_clock_s",
+                 "img_per_s": "img_per_s", "train_flops_per_img": "train_flops_per_img"},
+    "linear_probe": {"lin_top1": "lin_top1", "lin_top5": "lin_top5", "lin_val_top1": "lin_val_top1"},
+    "finetune": {"ft_top1": "ft_top1", "ft_top5": "ft_top5", "ft_val_top1": "ft_val_top1"},
+    "partial_finetune": {"ft_top1": "ft_top1", "ft_top5": "ft_top5", "ft_val_top1": "ft_val_top1"},
+    "scratch": {"ft_top1": "scratch_top1", "ft_top5": "scratch_top5"},
+}
+METRICS = ["lin_top1", "lin_top5", "ft_top1", "ft_top5", "scratch_top1", "pretrain_loss", "pretrain_wall_clock_s",
+           "img_per_s", "train_flops_per_img"]
+HISTORY_COLUMNS = ["arm", "seed", "stage", "epoch", "metric", "value"]
+# Row status, as the dashboards read it.
+ROW_DONE, ROW_FAILED, ROW_PENDING = "done", "failed", "pending"
+
+
+def _row_status(stage_states: list[str]) -> str:
+    if stage_states and all(s == store.DONE for s in stage_states):
+        return ROW_DONE
+    if any(s in (store.FAILED, store.BLOCKED) for s in stage_states):
+        return ROW_FAILED
+    return ROW_PENDING
+
+
+def _best_candidate(plan: Plan, out_root: Path, ids: tuple[str, ...]) -> tuple[str | None, float]:
+    """The candidate with the best validation metric among those done."""
+    spec = plan.study.search
+    best, best_value = None, math.nan
+    for sid in ids:
+        value = (store.result(out_root, sid) or {}).get(spec.metric)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            continue
+        if best is None or (value > best_value if spec.mode == "max" else value < best_value):
+            best, best_value = sid, float(value)
+    return best, best_value
+
+
+def chosen_stages(plan: Plan, out_root: Path, run: ArmRun) -> dict[str, str]:
+    """The arm's stage per name, with a searched evaluation resolved to its best candidate."""
+    chosen = dict(run.stages)
+    for name, ids in run.candidates.items():
+        best, _ = _best_candidate(plan, out_root, ids)
+        if best is not None:
+            chosen[name] = best
+    return chosen
+
+
+def results_table(plan: Plan, out_root: Path, states: dict[str, str] | None = None) -> pd.DataFrame:
+    states = states or store.states(out_root, plan.stages, {s.id: s.parent for s in plan.stages.values()})
+    rows = []
+    for run in plan.runs:
+        ids = [*run.stages.values(), *(sid for c in run.candidates.values() for sid in c)]
+        stage_states = [states[sid] for sid in ids]
+        row: dict[str, Any] = {"study": plan.study.name, "arm": run.arm, "seed": run.seed,
+                               "status": _row_status(stage_states)}
+        if run.candidates and row["status"] == ROW_FAILED:  # a failed candidate is only one try
+            others = [states[sid] for sid in run.stages.values()]
+            picked = [_best_candidate(plan, out_root, c)[0] for c in run.candidates.values()]
+            if all(p is not None for p in picked) and all(s == store.DONE for s in others):
+                row["status"] = ROW_DONE
+        row.update(run.axes)
+        for name, sid in chosen_stages(plan, out_root, run).items():
+            result = store.result(out_root, sid) or {}
+            for key, column in COLUMNS.get(name, {}).items():
+                if key in result:
+                    row[column] = result[key]
+        for name, ids_ in run.candidates.items():
+            best, value = _best_candidate(plan, out_root, ids_)
+            row["search_metric"] = value
+            if best is not None:
+                row["search_value"] = plan.stages[best].recipe[plan.study.search.param.split(".", 1)[1]]
+        errors = [store.error_line(out_root, sid) for sid in ids if states[sid] == store.FAILED]
+        blocked = [sid for sid in ids if states[sid] == store.BLOCKED]
+        if errors:
+            row["error"] = errors[0]
+        elif blocked:
+            row["error"] = f"not run: {blocked[0]} needs a stage that failed"
+        rows.append(row)
+    columns = ["study", "arm", "seed", "status", *plan.axis_keys, *METRICS]
+    df = pd.DataFrame(rows)
+    for c in columns:
+        if c not in df:
+            df[c] = math.nan
+    extra = [c for c in df.columns if c not in columns]
+    return df[columns + extra]
+
+
+def history_table(plan: Plan, out_root: Path) -> pd.DataFrame:
+    rows = []
+    for run in plan.runs:
+        for name, sid in chosen_stages(plan, out_root, run).items():
+            for report in store.epochs(out_root, sid):
+                epoch = report.get("epoch")
+                for metric, value in report.items():
+                    if metric != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                        rows.append((run.arm, run.seed, name, epoch, metric, float(value)))
+    return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+
+
+def recon_files(plan: Plan, out_root: Path) -> dict[str, Path]:
+    """Per arm, the reconstructions its (first seed's) pre-training drew."""
+    out: dict[str, Path] = {}
+    for run in plan.runs:
+        path = store.stage_dir(out_root, run.stages["pretrain"]) / "reconstructions.npz"
+        if run.arm not in out and path.is_file():
+            out[run.arm] = path
+    return out
+
+
+def write_tables(plan: Plan, out_root: Path, study_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    study_dir.mkdir(parents=True, exist_ok=True)
+    results, history = results_table(plan, out_root), history_table(plan, out_root)
+    for df, name in ((results, RESULTS), (history, HISTORY)):
+        tmp = study_dir / f".{name}.tmp"
+        df.to_csv(tmp, index=False)
+        tmp.replace(study_dir / name)
+    return results, history
+
+
+def write_report(plan: Plan, out_root: Path, study_dir: Path, results: pd.DataFrame, history: pd.DataFrame,
+                 mlflow: dict | None = None) -> Path | None:
+    """The dashboards' report (figures and tables) into `<study dir>/report/`; None when the
+    dashboards package is not installed."""
+    try:
+        from dashboards.report import write_report as dashboards_report
+    except ImportError:
+        return None
+    study = plan.study
+    first = plan.stages[plan.runs[0].stages["pretrain"]].config
+    settings = {"data.dataset": first["data"]["dataset"], "model.variant": first["model"]["variant"],
+                "data.train_limit": first["data"]["train_limit"], "pretrain.epochs": first["pretrain"]["epochs"],
+                "evaluations": list(study.evaluations), "seeds": list(study.seeds)}
+    for run in plan.runs[:1]:
+        for name, sid in run.stages.items():
+            if name != "pretrain":
+                settings[f"{name}.epochs"] = plan.stages[sid].epochs
+    axes = {key: list(dict.fromkeys(_hashable(r.axes[key]) for r in plan.runs)) for key in plan.axis_keys}
+    info = {"name": study.name, "description": study.description, "profile": plan.profile.name,
+            "profile_description": plan.profile.description, "axes": axes, "settings": settings}
+    return dashboards_report(study_dir / REPORT, study=info, results=results, history=history,
+                             figures=list(study.figures), tables=list(study.tables),
+                             recon_files=recon_files(plan, out_root), mlflow=mlflow)
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value

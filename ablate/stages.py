@@ -1,0 +1,165 @@
+"""Running one stage: its folder in the stage store, the core function, its files. No Ray, no MLflow.
+
+`run_stage` is what a Ray Tune trial calls (ablate/ray_backend.py) and what a test or a debugger
+can call directly. The core functions resume from their own checkpoint in the stage folder, so a
+retried or re-run stage continues where it stopped.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from ablate import store
+from ablate.plan import Stage
+
+Report = Callable[[dict], None]
+FAULT_ENV = "ABLATE_FAULT"  # test hook, see `Fault`
+_FAULT_MARK = ".fault-crashed"
+
+# Deterministic failures: retrying cannot help, so the stage is failed at once (no Ray retry).
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
+    FloatingPointError, FileNotFoundError, ValueError, TypeError, KeyError, AttributeError, NotImplementedError,
+    ImportError, AssertionError)
+
+
+class StageFailed(Exception):
+    """A stage failed for good; `error.txt` in its folder says why."""
+
+
+class Fault:
+    """Failure injection for the backend contract tests: `ABLATE_FAULT=crash:<stage id or kind>:<epoch>`
+    makes the worker process exit hard after reporting that epoch, on the first attempt only;
+    `nan:<target>:<epoch>` raises the FloatingPointError a diverging loss raises. Several: comma-separated.
+    The driver reads the variable and hands it to the trials, so it works with a running Ray."""
+
+    def __init__(self, spec: str | None):
+        self.rules = []
+        for part in filter(None, (spec or "").split(",")):
+            mode, target, epoch = part.strip().split(":")
+            if mode not in ("crash", "nan"):
+                raise ValueError(f"{FAULT_ENV}: unknown mode {mode!r}; valid: crash, nan")
+            self.rules.append((mode, target, int(epoch)))
+
+    def check(self, stage: Stage, folder: Path, epoch: int) -> None:
+        for mode, target, at in self.rules:
+            if at != epoch or not (stage.id == target or stage.id.startswith(f"{target}-")):
+                continue
+            if mode == "nan":
+                raise FloatingPointError(f"non-finite loss nan at epoch {epoch} (injected by {FAULT_ENV})")
+            if not (folder / _FAULT_MARK).exists():
+                (folder / _FAULT_MARK).write_text(f"crashed at epoch {epoch}\n")
+                os._exit(3)  # as a killed worker: no exception, no cleanup
+
+
+# The core function behind each stage runner, imported in the worker only (the driver never loads
+# torch), called as fn(job, encoder, out_dir, report).
+def _pretrain(job, encoder, out_dir: Path, report: Report) -> dict:
+    from core.pretrain import pretrain
+    return pretrain(job, out_dir, report)
+
+
+def _linear_probe(job, encoder, out_dir: Path, report: Report) -> dict:
+    from core.linear_probe import linear_probe
+    return linear_probe(job, encoder, out_dir, report)
+
+
+def _finetune(job, encoder, out_dir: Path, report: Report) -> dict:
+    from core.finetune import finetune
+    return finetune(job, encoder, out_dir, report)
+
+
+CORE_FUNCTIONS: dict[str, Callable[..., dict]] = {
+    "pretrain": _pretrain, "linear_probe": _linear_probe, "finetune": _finetune}
+
+
+def _load_parent_encoder(out_root: Path, stage: Stage) -> dict | None:
+    if stage.parent is None or stage.recipe.get("init") == "random":
+        return None
+    from core.checkpoint import load_encoder
+    return load_encoder(store.stage_dir(out_root, stage.parent))
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+@contextmanager
+def _exclusive(folder: Path) -> Iterator[None]:
+    """One process per stage folder at a time: two studies sharing a stage and run at once take
+    turns instead of writing the same checkpoints (the second then finds it done)."""
+    with (folder / ".lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def run_stage(stage: Stage, out_root: Path, report: Report | None = None, *, threads: int | None = None,
+              fault: Fault | None = None) -> dict[str, Any]:
+    """Run (or resume) one stage into `<out_root>/stages/<id>/` and return its final metrics.
+
+    Each epoch's metrics go to `metrics.jsonl` and to `report`. On success `result.json` is
+    written last; on a deterministic failure (PERMANENT_ERRORS, e.g. a non-finite loss)
+    `error.txt` is written and StageFailed raised; any other exception is written to `error.txt`
+    too and re-raised, for the caller to retry (a retry starts by removing it).
+    """
+    folder = store.stage_dir(out_root, stage.id)
+    folder.mkdir(parents=True, exist_ok=True)
+    with _exclusive(folder):
+        done = store.result(out_root, stage.id)
+        if done is not None:  # finished meanwhile by another run sharing the store
+            return done
+        return _run_locked(stage, out_root, folder, report, threads, fault or Fault(os.environ.get(FAULT_ENV)))
+
+
+def _run_locked(stage: Stage, out_root: Path, folder: Path, report: Report | None, threads: int | None,
+                fault: Fault) -> dict[str, Any]:
+    (folder / store.ERROR).unlink(missing_ok=True)  # a previous attempt's; this one decides
+    store.write_json_atomic(folder / store.CONFIG, dict(stage.config))
+    meta = store.read_json(folder / "stage.json") or {"attempts": []}
+    meta.update(id=stage.id, kind=stage.kind, runner=stage.runner, parent=stage.parent)
+    meta["attempts"].append({"started_at": _now(), "pid": os.getpid()})
+    store.write_json_atomic(folder / "stage.json", meta)
+    if threads and stage.recipe.get("threads") is None:
+        import torch
+        torch.set_num_threads(threads)
+
+    started = time.time()
+
+    def on_epoch(metrics: dict) -> None:
+        row = {k: _plain(v) for k, v in metrics.items()}
+        with (folder / store.METRICS).open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if report is not None:
+            report(row)
+        fault.check(stage, folder, int(row.get("epoch", -1)))
+
+    try:
+        result = CORE_FUNCTIONS[stage.runner](stage.job(), _load_parent_encoder(out_root, stage), folder, on_epoch)
+    except PERMANENT_ERRORS as e:
+        store.write_error(folder, traceback.format_exc())
+        raise StageFailed(f"{type(e).__name__}: {e}") from e
+    except Exception:
+        store.write_error(folder, traceback.format_exc())
+        raise
+    # SystemExit / KeyboardInterrupt: the run was stopped (Tune stops trials that way on Ctrl-C),
+    # the stage did not fail; it stays pending and resumes from its checkpoint.
+    result = {k: _plain(v) for k, v in result.items()}
+    store.write_json_atomic(folder / store.RESULT, {
+        **result, "stage_id": stage.id, "kind": stage.kind, "started_at": meta["attempts"][-1]["started_at"],
+        "finished_at": _now(), "attempt_wall_s": time.time() - started, "attempts": len(meta["attempts"])})
+    return result
+
+
+def _plain(value: Any) -> Any:
+    """Tensors and numpy scalars as Python numbers, for JSON and MLflow."""
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        return value.item()
+    return value

@@ -1,0 +1,110 @@
+"""The stage store: one folder per stage, shared by every study under an output root.
+
+    <out_root>/stages/<stage_id>/
+        config.json      resolved config, written when the stage starts
+        metrics.jsonl    one line per reported epoch (a retried epoch appears again; the last counts)
+        result.json      final metrics, written atomically last: present = done
+        error.txt        why it failed for good (absent while it can still succeed)
+        ...              the core function's own files (checkpoints, encoder.pth, reconstructions.npz)
+
+A stage is done when `result.json` exists, failed when `error.txt` exists without it, pending
+otherwise; rerunning a study is resuming it. The study's own folder is `<out_root>/<study name>/`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+DONE, FAILED, PENDING, BLOCKED = "done", "failed", "pending", "blocked"  # blocked: a parent failed
+CONFIG, METRICS, RESULT, ERROR = "config.json", "metrics.jsonl", "result.json", "error.txt"
+DEFAULT_OUT = Path("runs")
+
+
+def stages_root(out_root: Path) -> Path:
+    return Path(out_root) / "stages"
+
+
+def stage_dir(out_root: Path, stage_id: str) -> Path:
+    return stages_root(out_root) / stage_id
+
+
+def study_dir(out_root: Path, study_name: str) -> Path:
+    return Path(out_root) / study_name
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def state(out_root: Path, stage_id: str) -> str:
+    folder = stage_dir(out_root, stage_id)
+    if (folder / RESULT).is_file():
+        return DONE
+    if (folder / ERROR).is_file():
+        return FAILED
+    return PENDING
+
+
+def states(out_root: Path, stage_ids: Iterable[str], parents: dict[str, str | None]) -> dict[str, str]:
+    """Each stage's state; a pending stage whose parent failed (or is blocked) is blocked."""
+    out = {sid: state(out_root, sid) for sid in stage_ids}
+    for sid in out:  # parents come first in a plan's order
+        parent = parents.get(sid)
+        if out[sid] == PENDING and parent is not None and out.get(parent) in (FAILED, BLOCKED):
+            out[sid] = BLOCKED
+    return out
+
+
+def result(out_root: Path, stage_id: str) -> dict[str, Any] | None:
+    return read_json(stage_dir(out_root, stage_id) / RESULT)
+
+
+def error(out_root: Path, stage_id: str) -> str | None:
+    path = stage_dir(out_root, stage_id) / ERROR
+    return path.read_text() if path.is_file() else None
+
+
+def error_line(out_root: Path, stage_id: str) -> str:
+    """The last non-empty line of error.txt: the exception, for tables."""
+    text = error(out_root, stage_id) or ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def write_error(folder: Path, text: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / ERROR).write_text(text if text.endswith("\n") else text + "\n")
+
+
+def clear_error(folder: Path) -> None:
+    """Keep the old error beside the stage (error-<time>.txt) and make it pending again."""
+    path = folder / ERROR
+    if path.is_file():
+        os.replace(path, folder / f"error-{time.strftime('%Y%m%d-%H%M%S')}.txt")
+
+
+def epochs(out_root: Path, stage_id: str) -> list[dict[str, Any]]:
+    """The per-epoch reports, one per epoch (the last report of an epoch wins: a retry repeats it)."""
+    path = stage_dir(out_root, stage_id) / METRICS
+    if not path.is_file():
+        return []
+    by_epoch: dict[Any, dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash
+        by_epoch[row.get("epoch")] = row
+    return [by_epoch[k] for k in sorted(by_epoch, key=lambda e: (e is None, e))]

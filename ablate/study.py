@@ -1,0 +1,258 @@
+"""The study file: a base overlay plus small named arms, evaluations and what to draw.
+
+A study is frozen, extra keys are refused, and it names no code: every overlay key is a field of
+one of the five config sections below. The full merged config of every arm is validated when the
+study is planned (`ablate.plan`), so an axis value that breaks a config is caught before any run.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from core.config import DataConfig, ModelConfig, PretrainConfig
+from core.eval_config import FinetuneConfig, LinearProbeConfig
+from ablate.errors import StudyError, from_validation
+from ablate.yamlfile import read_mapping
+
+# Overlay sections: the study's name for each part of a resolved config, and its config class.
+SECTIONS: dict[str, type[BaseModel]] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "pretrain": PretrainConfig,
+    "linear_probe": LinearProbeConfig,
+    "finetune": FinetuneConfig,
+}
+EVALUATIONS = ("linear_probe", "finetune", "partial_finetune", "scratch")
+Evaluation = Literal["linear_probe", "finetune", "partial_finetune", "scratch"]
+# Fields the seed list sets in every stage (one (arm, seed) pair is one repetition).
+SEED_FIELDS = ("pretrain.seed", "linear_probe.seed", "finetune.seed")
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+Overlay = dict[str, dict[str, Any]]  # section -> field -> value
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def split_key(key: str, path: str) -> tuple[str, str]:
+    """'model.mask_ratio' -> ('model', 'mask_ratio'), or a StudyError saying what exists."""
+    section, _, name = str(key).partition(".")
+    if section not in SECTIONS:
+        raise StudyError(None, path, f"unknown section {section!r}; allowed: {', '.join(SECTIONS)}")
+    if not name:
+        raise StudyError(None, path, f"expected a dotted key '{section}.<field>'")
+    if name not in SECTIONS[section].model_fields:
+        raise StudyError(None, path, f"unknown key; allowed in {section}: {', '.join(SECTIONS[section].model_fields)}")
+    return section, name
+
+
+def normalise_overlay(raw: Any, path: str) -> Overlay:
+    """Nested (`model: {mask_ratio: 0.75}`) or dotted (`model.mask_ratio: 0.75`) keys -> nested."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise StudyError(None, path, f"expected a mapping of config keys, got {type(raw).__name__}")
+    out: Overlay = {}
+    for key, value in raw.items():
+        key_path = f"{path}.{key}" if path else str(key)
+        if "." in str(key):
+            section, name = split_key(key, key_path)
+            out.setdefault(section, {})[name] = value
+            continue
+        if key not in SECTIONS:
+            raise StudyError(None, key_path, f"unknown section; allowed: {', '.join(SECTIONS)}")
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise StudyError(None, key_path, f"expected a mapping of {key} fields, got {type(value).__name__}")
+        for name, field_value in value.items():
+            split_key(f"{key}.{name}", f"{key_path}.{name}")
+            out.setdefault(key, {})[name] = field_value
+    return out
+
+
+class PartialFinetune(Frozen):
+    """Figure 9: fine-tune only the last k blocks ('all' = end to end, 0.5 = the last MLP)."""
+
+    blocks: list[float | Literal["all"]] = Field(min_length=1)
+
+
+class Resources(Frozen):
+    """Per trial; a fractional gpu packs several trials on one GPU (Ray does not cap their memory)."""
+
+    cpu: float = Field(1, gt=0)
+    gpu: float = Field(0, ge=0)
+
+
+class Search(Frozen):
+    """Per arm, try `trials` values of one evaluation hyper-parameter and keep the best by a
+    VALIDATION metric (never the test one); the arm reports that trial's test metrics."""
+
+    param: str
+    low: float
+    high: float
+    log: bool = False
+    trials: int = Field(4, ge=1, le=64)
+    metric: str = "ft_val_top1"
+    mode: Literal["max", "min"] = "max"
+
+    @model_validator(mode="after")
+    def _check(self) -> Search:
+        section, _ = split_key(self.param, "search.param")
+        if section not in ("linear_probe", "finetune"):
+            raise StudyError(None, "search.param", "only linear_probe.* and finetune.* fields can be searched "
+                                                   "(a pre-training search would multiply pre-training)")
+        if not self.low < self.high:
+            raise StudyError(None, "search.low", f"low {self.low} must be below high {self.high}")
+        if self.log and self.low <= 0:
+            raise StudyError(None, "search.low", f"a log-scale search needs low > 0, got {self.low}")
+        prefix = {"linear_probe": "lin_val_", "finetune": "ft_val_"}[section]
+        if not self.metric.startswith(prefix):
+            raise StudyError(None, "search.metric", f"searching {self.param} is judged on a validation metric of "
+                                                    f"that stage: '{prefix}top1' or '{prefix}top5', got {self.metric!r}")
+        return self
+
+    @property
+    def section(self) -> str:
+        return self.param.partition(".")[0]
+
+
+class Tracking(Frozen):
+    """MLflow: None keeps a sqlite database in the study's output folder."""
+
+    uri: str | None = None
+
+
+class Study(Frozen):
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    base: Overlay = {}
+    axes: dict[str, list[Any]] = {}
+    zip: dict[str, list[Any]] = {}
+    arms: dict[str, Overlay] = {}
+    evaluations: list[Evaluation] = ["linear_probe", "finetune"]
+    partial_finetune: PartialFinetune | None = None
+    seeds: list[int] = Field([0], min_length=1)
+    resources: Resources | None = None  # None: the profile's
+    search: Search | None = None
+    tracking: Tracking = Tracking()
+    figures: list[str] = []
+    tables: list[str] = []
+
+    _source: Path | None = PrivateAttr(None)
+
+    @field_validator("base", mode="before")
+    @classmethod
+    def _base(cls, value: Any) -> Overlay:
+        return normalise_overlay(value, "base")
+
+    @field_validator("arms", mode="before")
+    @classmethod
+    def _arms(cls, value: Any) -> dict[str, Overlay]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise StudyError(None, "arms", f"expected a mapping of arm name -> overlay, got {type(value).__name__}")
+        for name in value:
+            if not re.fullmatch(r"[^\s,=][^,=]*", str(name)):
+                raise StudyError(None, f"arms.{name}", "an arm name must not be empty or contain ',' or '='")
+        return {str(name): normalise_overlay(overlay, f"arms.{name}") for name, overlay in value.items()}
+
+    @field_validator("axes", "zip", mode="before")
+    @classmethod
+    def _grid(cls, value: Any, info) -> dict[str, list[Any]]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise StudyError(None, info.field_name, f"expected a mapping of dotted key -> list of values, "
+                                                    f"got {type(value).__name__}")
+        for key, values in value.items():
+            split_key(key, f"{info.field_name}.{key}")
+            if not isinstance(values, list) or not values:
+                raise StudyError(None, f"{info.field_name}.{key}", "expected a non-empty list of values")
+        return value
+
+    @field_validator("evaluations", "seeds", "figures", "tables")
+    @classmethod
+    def _unique(cls, value: list[Any], info) -> list[Any]:
+        repeated = sorted({str(v) for v in value if value.count(v) > 1})
+        if repeated:
+            raise StudyError(None, info.field_name, f"listed twice: {', '.join(repeated)}")
+        return value
+
+    @field_validator("figures")
+    @classmethod
+    def _figures(cls, value: list[str]) -> list[str]:
+        return _check_names(value, "figures", "dashboards.figures", "FIGURES")
+
+    @field_validator("tables")
+    @classmethod
+    def _tables(cls, value: list[str]) -> list[str]:
+        return _check_names(value, "tables", "dashboards.tables", "TABLES")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Study:
+        lengths = {key: len(values) for key, values in self.zip.items()}
+        if len(set(lengths.values())) > 1:
+            raise StudyError(None, "zip", "lists must have the same length, got "
+                             + ", ".join(f"{k}: {n}" for k, n in lengths.items()))
+        both = sorted(set(self.axes) & set(self.zip))
+        if both:
+            raise StudyError(None, f"zip.{both[0]}", "also an axis; a key moves in the grid or in the zip, not both")
+        if ("partial_finetune" in self.evaluations) != (self.partial_finetune is not None):
+            raise StudyError(None, "partial_finetune", "give `partial_finetune: {blocks: [...]}` exactly when "
+                                                       "'partial_finetune' is in evaluations")
+        if self.search is not None and self.search.section not in self.evaluations:
+            raise StudyError(None, "search.param", f"searches {self.search.param} but '{self.search.section}' is not "
+                                                   f"in evaluations")
+        return self
+
+    @property
+    def source(self) -> Path | None:
+        return self._source
+
+    @property
+    def varied_keys(self) -> list[str]:
+        """Dotted keys that differ between arms, in the order the study names them."""
+        keys = [*self.axes, *self.zip]
+        for overlay in self.arms.values():
+            keys += [f"{section}.{name}" for section, fields in overlay.items() for name in fields]
+        if self.partial_finetune is not None:
+            keys.append("finetune.tune_blocks")
+        return list(dict.fromkeys(keys))
+
+
+def _check_names(value: list[str], field: str, module: str, table: str) -> list[str]:
+    """Names from the dashboards' registries (a dict each); unchecked if dashboards is not installed."""
+    try:
+        registry = getattr(__import__(module, fromlist=[table]), table)
+    except ImportError:
+        return value
+    unknown = [v for v in value if v not in registry]
+    if unknown:
+        raise StudyError(None, f"{field}[{value.index(unknown[0])}]",
+                         f"unknown name {unknown[0]!r}; allowed: {', '.join(sorted(registry))}")
+    return value
+
+
+def parse_study(data: dict[str, Any], source: Path | str | None = None) -> Study:
+    """A Study from plain data, or a one-line StudyError naming the file and the field."""
+    try:
+        study = Study.model_validate(data)
+    except StudyError as e:
+        raise StudyError(source, e.path, e.message) from None
+    except ValidationError as e:
+        raise from_validation(source, e, model=Study) from None
+    study._source = Path(source) if source is not None else None
+    return study
+
+
+def load_study(path: Path | str) -> Study:
+    path = Path(path)
+    if path.suffix not in (".yaml", ".yml"):
+        raise StudyError(path, "", "a study is a .yaml file")
+    return parse_study(read_mapping(path), path)

@@ -1,0 +1,237 @@
+"""MLflow tracking, from the driver only: one parent run per study, exactly one child run per stage.
+
+The tracker is a stage listener (ablate/events.py) fed by the backend's driver-side callback, so
+workers never open the database: the sqlite file is created here before any trial starts
+(environment.md: concurrent creation races), and a crash, a retry or a rerun of the study finds
+the same runs again by their tags (`role`, `profile`, `stage_id`) instead of opening new ones.
+MLflow's own Ray integrations are not used: they open a new run per retry or restore.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from ablate import store
+from ablate.plan import Plan
+
+PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
+METRIC_BATCH = 1000
+PARENT_ROLE, CHILD_ROLE = "study", "stage"
+# Per-epoch metric names as logged: a stage's run holds one stage, so most keep core's name; the
+# pre-training loss gets the stable name the results table uses.
+RENAME = {"pretrain": {"loss": "pretrain_loss"}}
+END_STATUS = {store.DONE: "FINISHED", store.FAILED: "FAILED"}
+
+
+def default_uri(study_dir: Path) -> str:
+    return f"sqlite:///{(Path(study_dir) / 'mlflow.db').resolve()}"
+
+
+def _quiet() -> None:
+    for name in ("alembic", "mlflow", "sqlalchemy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class StudyTracker:
+    """Parent run per (study, profile) in the study's experiment; child run per stage, by tag."""
+
+    def __init__(self, plan: Plan, out_root: Path, study_dir: Path, uri: str | None = None):
+        self.plan, self.out_root, self.study_dir = plan, Path(out_root), Path(study_dir)
+        self.uri = uri or plan.study.tracking.uri or default_uri(study_dir)
+        self.client = None
+        self.experiment_id: str | None = None
+        self.parent_id: str | None = None
+        self.children: dict[str, str] = {}  # stage_id -> run id
+
+    # ------------------------------------------------------------------------- opening
+    def open(self) -> StudyTracker:
+        """Create the database and experiment, find or start the parent run, find the children."""
+        from mlflow.tracking import MlflowClient
+
+        _quiet()
+
+        self.study_dir.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        name = self.plan.study.name
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is None:
+            location = (self.study_dir / "mlartifacts").resolve().as_uri() if self.uri.startswith("sqlite:") else None
+            self.experiment_id = self.client.create_experiment(name, artifact_location=location)
+        else:
+            self.experiment_id = experiment.experiment_id
+            if experiment.lifecycle_stage == "deleted":
+                self.client.restore_experiment(self.experiment_id)
+        self.parent_id = self._find_or_create_parent()
+        for run in self._search(f"tags.role = '{CHILD_ROLE}' and tags.`mlflow.parentRunId` = '{self.parent_id}'"):
+            self.children.setdefault(run.data.tags.get("stage_id"), run.info.run_id)
+        return self
+
+    def _search(self, filter_string: str) -> list:
+        out, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], filter_string, max_results=1000, page_token=token)
+            out += list(page)
+            token = page.token
+            if not token:
+                return sorted(out, key=lambda r: r.info.start_time or 0)
+
+    def _find_or_create_parent(self) -> str:
+        study, profile = self.plan.study, self.plan.profile
+        tags = {"role": PARENT_ROLE, "study": study.name, "profile": profile.name,
+                "study_file": str(study.source or ""), "description": study.description[:4000],
+                "arms": json.dumps(self.plan.arms)[:4000], "seeds": json.dumps(study.seeds),
+                "evaluations": json.dumps(study.evaluations),
+                "mlflow.note.content": f"{study.description}\n\nprofile {profile.name}: {profile.description}"}
+        found = self._search(f"tags.role = '{PARENT_ROLE}' and tags.profile = '{profile.name}'")
+        if found:
+            run_id = found[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            run_id = self.client.create_run(self.experiment_id, run_name=f"{study.name} ({profile.name})",
+                                            tags=tags).info.run_id
+        from mlflow.entities import RunTag
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        return run_id
+
+    # ------------------------------------------------------------------------- children
+    def child(self, stage_id: str) -> str:
+        """The stage's run: found (this process or by tag) or created once, with its params."""
+        if stage_id in self.children:
+            return self.children[stage_id]
+        from mlflow.entities import Param
+
+        stage = self.plan.stages[stage_id]
+        users = self.plan.users(stage_id)
+        arms = list(dict.fromkeys(run.arm for run, _ in users))
+        seeds = sorted({run.seed for run, _ in users})
+        names = list(dict.fromkeys(name for _, name in users))
+        tags = {"role": CHILD_ROLE, "mlflow.parentRunId": self.parent_id, "study": self.plan.study.name,
+                "profile": self.plan.profile.name, "stage_id": stage_id, "stage": names[0] if names else stage.kind,
+                "kind": stage.kind, "arm": ", ".join(arms)[:4000], "seed": ",".join(map(str, seeds)),
+                "parent_stage_id": stage.parent or "", "stage_dir": str(store.stage_dir(self.out_root, stage_id).resolve())}
+        run_name = f"{arms[0] if len(arms) == 1 else f'{len(arms)} arms'}/{tags['stage']}"
+        run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags).info.run_id
+        params = {k: _param(v) for k, v in stage.flat_config().items()}
+        params["parent_stage_id"] = stage.parent or "none"
+        items = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(items), PARAM_BATCH):
+            self.client.log_batch(run_id, params=items[i:i + PARAM_BATCH])
+        self.children[stage_id] = run_id
+        return run_id
+
+    def _log_metrics(self, run_id: str, rows: Iterable[tuple[str, float, int]]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, int(step)) for k, v, step in rows]
+        for i in range(0, len(items), METRIC_BATCH):
+            self.client.log_batch(run_id, metrics=items[i:i + METRIC_BATCH])
+
+    def _epoch_rows(self, stage_id: str, metrics: dict[str, Any]) -> list[tuple[str, float, int]]:
+        rename = RENAME.get(self.plan.stages[stage_id].kind, {})
+        step = int(metrics.get("epoch", 0))
+        return [(rename.get(k, k), v, step) for k, v in metrics.items() if k != "epoch" and _number(v)]
+
+    def _finish(self, stage_id: str, state: str, error: str | None) -> None:
+        run_id = self.child(stage_id)
+        stage = self.plan.stages[stage_id]
+        folder = store.stage_dir(self.out_root, stage_id)
+        result = store.result(self.out_root, stage_id) or {}
+        final = [(k, v, stage.epochs - 1) for k, v in result.items()
+                 if _number(v) and k not in ("epochs", "attempts", "attempt_wall_s", "epoch")]
+        self._log_metrics(run_id, final)
+        for name in (store.CONFIG, "reconstructions.npz", store.ERROR):
+            if (folder / name).is_file():
+                self.client.log_artifact(run_id, str(folder / name))
+        if error:
+            self.client.set_tag(run_id, "error", error[:4000])
+        elif "error" in self.client.get_run(run_id).data.tags:  # a failed stage that now succeeded
+            self.client.delete_tag(run_id, "error")
+        self.client.set_terminated(run_id, END_STATUS.get(state, "KILLED"))
+
+    def backfill(self, states: dict[str, str]) -> int:
+        """Stages finished earlier (by an earlier run or another study sharing the store) but
+        without a run in this study get one now, from the files in their folder."""
+        added = 0
+        for sid, state in states.items():
+            if state not in END_STATUS or sid in self.children:
+                continue
+            run_id = self.child(sid)
+            self.client.set_tag(run_id, "reused", "true")
+            rows = [row for epoch in store.epochs(self.out_root, sid) for row in self._epoch_rows(sid, epoch)]
+            self._log_metrics(run_id, rows)
+            self._finish(sid, state, store.error_line(self.out_root, sid) or None)
+            added += 1
+        return added
+
+    # ------------------------------------------------------------------------- listener
+    def wave_started(self, wave: int, stage_ids) -> None:
+        pass
+
+    def stage_started(self, stage_id: str) -> None:
+        run_id = self.child(stage_id)
+        self.client.update_run(run_id, status="RUNNING")
+
+    def stage_epoch(self, stage_id: str, metrics: dict[str, Any]) -> None:
+        self._log_metrics(self.child(stage_id), self._epoch_rows(stage_id, metrics))
+
+    def stage_retrying(self, stage_id: str, error: str) -> None:
+        run_id = self.child(stage_id)
+        run = self.client.get_run(run_id)
+        retries = int(run.data.tags.get("retries", "0")) + 1
+        self.client.set_tag(run_id, "retries", str(retries))
+        self.client.set_tag(run_id, "last_retry_error", _last_line(error)[:4000])
+
+    def stage_ended(self, stage_id: str, state: str, error: str | None) -> None:
+        self._finish(stage_id, state, error)
+
+    # ------------------------------------------------------------------------- closing
+    def log_study_artifacts(self, paths: Iterable[Path]) -> None:
+        for path in paths:
+            path = Path(path)
+            if path.is_dir():
+                self.client.log_artifacts(self.parent_id, str(path), artifact_path=path.name)
+            elif path.is_file():
+                self.client.log_artifact(self.parent_id, str(path))
+
+    def log_study_metrics(self, counts: dict[str, int]) -> None:
+        self._log_metrics(self.parent_id, [(f"stages_{k}", v, 0) for k, v in counts.items()])
+
+    def close(self, status: str) -> None:
+        """End the parent run: FINISHED, FAILED (some stage failed) or KILLED (interrupted); a
+        child left RUNNING (interrupted) is KILLED too."""
+        if self.client is None:
+            return
+        if status == "KILLED":
+            for sid, run_id in self.children.items():
+                if self.client.get_run(run_id).info.status == "RUNNING":
+                    self.client.set_terminated(run_id, "KILLED")
+        self.client.set_terminated(self.parent_id, status)
+
+    def info(self) -> dict[str, Any]:
+        """For the report's links: the store, the experiment, the parent run, and per arm the
+        pre-training run of each seed."""
+        run_ids: dict[str, dict[str, str]] = {}
+        for run in self.plan.runs:
+            run_id = self.children.get(run.stages["pretrain"])
+            if run_id:
+                run_ids.setdefault(run.arm, {})[str(run.seed)] = run_id
+        return {"tracking_uri": self.uri, "experiment_id": self.experiment_id, "parent_run_id": self.parent_id,
+                "experiment_name": self.plan.study.name, "run_ids": run_ids}
+
+
+def _param(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return text[:6000]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in (text or "").splitlines() if line.strip()]
+    return lines[-1] if lines else ""

@@ -1,0 +1,118 @@
+"""What the CLI prints: the plan's stage table with costs, the stage store's status, a run's outcome."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from ablate import store
+from ablate.cost import estimate
+from ablate.plan import Plan
+from ablate.results import RESULTS
+from ablate.runner import Outcome, current_states
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    return f"{seconds / 60:.1f} min" if seconds < 6000 else f"{seconds / 3600:,.1f} h"
+
+
+def parallel_trials(plan: Plan) -> int:
+    """Trials at once on this machine (gpu trials: per GPU, as fractions allow)."""
+    if plan.resources.gpu > 0:
+        return max(1, math.floor(1 / plan.resources.gpu + 1e-9))
+    return max(1, math.floor(len(os.sched_getaffinity(0)) / plan.resources.cpu + 1e-9))
+
+
+def plan_table(plan: Plan, out_root: Path, console: Console) -> None:
+    study = plan.study
+    states = current_states(plan, out_root)
+    console.print(f"study {study.name}: {study.description}".rstrip(": "))
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column, justify in (("arm", "left"), ("seed", "right"), ("stage", "left"), ("stage id", "left"),
+                            ("state", "left"), ("images", "right"), ("~time", "right")):
+        table.add_column(column, justify=justify, no_wrap=column in ("stage id", "images"))
+    seen: set[str] = set()
+    todo_images, todo_seconds, unknown = 0, 0.0, False
+    for run in plan.runs:
+        named = list(run.stages.items()) + [(f"{name}#{i + 1}", sid) for name, ids in run.candidates.items()
+                                            for i, sid in enumerate(ids)]
+        for name, sid in named:
+            cost = estimate(plan.stages[sid], plan.profile)
+            state = states[sid] if sid not in seen else f"{states[sid]}, shared"
+            if sid not in seen and states[sid] != store.DONE:
+                todo_images += cost.images
+                unknown |= cost.seconds is None
+                todo_seconds += cost.seconds or 0.0
+            seen.add(sid)
+            table.add_row(run.arm, str(run.seed), name, sid, state, f"{cost.images:,}", duration(cost.seconds))
+    console.print(table)
+    counts = {s: list(states.values()).count(s) for s in (store.DONE, store.FAILED, store.BLOCKED, store.PENDING)}
+    console.print(f"{len(plan.arms)} arm(s) x {len(study.seeds)} seed(s): {len(plan.stages)} distinct stages, "
+                  f"{counts[store.DONE]} done, {counts[store.FAILED]} failed, {counts[store.BLOCKED]} blocked, "
+                  f"{counts[store.PENDING]} to run; per trial {plan.resources.cpu:g} cpu, {plan.resources.gpu:g} gpu")
+    slots = parallel_trials(plan)
+    speed = ", ".join(f"{k} {v:g} img/s" for k, v in plan.profile.throughput.items()) or "none given"
+    if unknown:
+        timing = "time unknown: the profile has no measured speed for this model variant"
+    else:
+        timing = (f"~{duration(todo_seconds)} of trial time, about {duration(todo_seconds / slots)} with {slots} "
+                  f"trial(s) at once, plus Ray start-up and about 10 s per stage")
+    console.print(f"to run: {todo_images:,} images; {timing}. Speeds (profile {plan.profile.name}, MAE "
+                  f"pre-training): {speed}.")
+    console.print(f"stage folders: {store.stages_root(out_root)}/<stage id>/ (nothing was run or written)")
+
+
+def status_table(plan: Plan, out_root: Path, console: Console) -> None:
+    states = current_states(plan, out_root)
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("stage id", "stage", "arms", "state", "epochs", "result / error"):
+        table.add_column(column, no_wrap=column == "stage id")
+    for sid, stage in plan.stages.items():
+        users = plan.users(sid)
+        arms = list(dict.fromkeys(run.arm for run, _ in users))
+        reported = len(store.epochs(out_root, sid))
+        result = store.result(out_root, sid) or {}
+        shown = {k: v for k, v in result.items() if k in ("pretrain_loss", "lin_top1", "ft_top1")}
+        detail = (store.error_line(out_root, sid) if states[sid] == store.FAILED
+                  else ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
+        if states[sid] == store.BLOCKED:
+            detail = f"waits for {stage.parent}, which failed"
+        table.add_row(sid, users[0][1] if users else stage.kind,
+                      arms[0] if len(arms) == 1 else f"{len(arms)} arms", states[sid],
+                      f"{reported}/{stage.epochs}", detail[:120])
+    console.print(table)
+    counts = {s: list(states.values()).count(s) for s in (store.DONE, store.FAILED, store.BLOCKED, store.PENDING)}
+    console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + f" of {len(states)} stages "
+                  f"(store: {store.stages_root(out_root)})")
+
+
+def outcome_summary(plan: Plan, outcome: Outcome, console: Console, *, resume: str) -> int:
+    """Print how the run ended; return the exit status (0 all done, 1 some failed)."""
+    states = outcome.states
+    counts = {s: list(states.values()).count(s) for s in (store.DONE, store.FAILED, store.BLOCKED, store.PENDING)}
+    reused = counts[store.DONE] - sum(1 for sid in outcome.ran if states.get(sid) == store.DONE)
+    console.print(f"{plan.study.name}: {counts[store.DONE]}/{len(states)} stages done ({len(outcome.ran)} run now, "
+                  f"{max(reused, 0)} already done), {counts[store.FAILED]} failed, {counts[store.BLOCKED]} blocked, "
+                  f"{counts[store.PENDING]} pending")
+    for sid, state in states.items():
+        if state == store.FAILED:
+            console.print(f"  failed {sid}: {store.error_line(Path(outcome.study_dir).parent, sid)}")
+    console.print(f"results: {Path(outcome.study_dir) / RESULTS}")
+    if outcome.report is not None:
+        console.print(f"report: {outcome.report}")
+    if outcome.mlflow:
+        console.print(f"MLflow: {outcome.mlflow['tracking_uri']} (experiment {outcome.mlflow['experiment_name']!r}); "
+                      f"browse with: ablate ui {plan.study.source or plan.study.name}")
+    if outcome.interrupted:
+        console.print(f"interrupted: finished stages are kept and cut ones continue from their checkpoints. "
+                      f"Resume with: {resume}")
+        return 130
+    if counts[store.FAILED] or counts[store.BLOCKED]:
+        console.print(f"some stages failed (see error.txt in their folders); retry them with: {resume} --rerun-failed")
+        return 1
+    return 0

@@ -1,0 +1,163 @@
+"""The CLI in-process (typer's CliRunner): help, plan, status, ui, report; nothing run, nothing written."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ablate import store
+from ablate.cli import app
+from ablate.plan import plan
+from ablate.profiles import load_profile
+from ablate.study import load_study
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE = """\
+description: tiny cli-test profile
+base:
+  model: {variant: vit_test}
+  data: {dataset: synthetic, synthetic_size: 64, num_workers: 0}
+  pretrain: {epochs: 2, warmup_epochs: 0, batch_size: 16, device: cpu}
+  linear_probe: {epochs: 1, warmup_epochs: 0, batch_size: 16, augmentation: none, device: cpu}
+  finetune: {epochs: 1, warmup_epochs: 0, batch_size: 16, device: cpu}
+throughput: {vit_test: 1000}
+"""
+STUDY = """\
+name: cli
+description: two ratios
+axes:
+  model.mask_ratio: [0.5, 0.75]
+evaluations: [linear_probe, finetune]
+figures: [loss_curves]
+"""
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "tiny.yaml").write_text(PROFILE)
+    (tmp_path / "cli.yaml").write_text(STUDY)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def test_help_lists_every_command():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in ("validate", "plan", "run", "status", "ui", "report"):
+        assert command in result.stdout
+    run_help = invoke("run", "--help").stdout
+    for option in ("--profile", "--out", "--address", "--rerun-failed", "--max-concurrent"):
+        assert option in run_help
+
+
+def test_plan_prints_the_stage_table_and_writes_nothing(project):
+    before = sorted(os.listdir(project))
+    result = invoke("plan", "cli.yaml", "--profile", "tiny")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert out.startswith("profile tiny: tiny cli-test profile")
+    p = plan(load_study(project / "cli.yaml"), load_profile("tiny", project / "cli.yaml"))
+    for sid in p.stages:
+        assert sid in out
+    assert "mask_ratio=0.5" in out and "linear_probe" in out and "pending" in out
+    assert "2 arm(s) x 1 seed(s): 6 distinct stages" in out
+    assert "to run:" in out and "img/s" in out
+    assert sorted(os.listdir(project)) == before
+
+
+def test_plan_and_status_see_done_and_failed_stages(project):
+    p = plan(load_study(project / "cli.yaml"), load_profile("tiny", project / "cli.yaml"))
+    pre_a, pre_b = (r.stages["pretrain"] for r in p.runs)
+    out = project / "runs"
+    store.stage_dir(out, pre_a).mkdir(parents=True)
+    store.write_json_atomic(store.stage_dir(out, pre_a) / store.RESULT, {"pretrain_loss": 0.5})
+    store.write_error(store.stage_dir(out, pre_b), "Traceback ...\nFloatingPointError: non-finite loss")
+    result = invoke("status", "cli.yaml", "--profile", "tiny")
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.split()}
+    assert "done" in lines[pre_a] and "pretrain_loss 0.5" in lines[pre_a]
+    assert "failed" in lines[pre_b] and "FloatingPointError" in lines[pre_b]
+    for run in p.runs[1:]:
+        assert "blocked" in lines[run.stages["linear_probe"]]
+    assert "1 done, 1 failed, 2 blocked, 2 pending of 6 stages" in result.stdout
+    planned = invoke("plan", "cli.yaml", "--profile", "tiny").stdout
+    assert "1 done, 1 failed, 2 blocked, 2 to run" in planned
+
+
+def test_ui_needs_a_database_then_runs_mlflow_on_localhost(project, monkeypatch):
+    missing = invoke("ui", "cli.yaml")
+    assert missing.exit_code == 1 and "no MLflow database" in missing.stderr
+    (project / "runs" / "cli").mkdir(parents=True)
+    (project / "runs" / "cli" / "mlflow.db").write_bytes(b"")
+    calls = []
+    monkeypatch.setattr("subprocess.run", lambda command, check: calls.append(command))
+    result = invoke("ui", "cli.yaml", "--port", "5055")
+    assert result.exit_code == 0, result.output
+    (command,) = calls
+    assert command[1:3] == ["ui", "--backend-store-uri"]
+    assert command[3] == f"sqlite:///{(project / 'runs' / 'cli' / 'mlflow.db').resolve()}"
+    assert command[4:] == ["--host", "127.0.0.1", "--port", "5055"]
+
+
+def test_report_rebuilds_tables_from_the_store(project):
+    missing = invoke("report", "cli.yaml", "--profile", "tiny")
+    assert missing.exit_code == 1 and "run it first" in missing.stderr
+    p = plan(load_study(project / "cli.yaml"), load_profile("tiny", project / "cli.yaml"))
+    out = project / "runs"
+    for run in p.runs:
+        for name, sid in run.stages.items():
+            folder = store.stage_dir(out, sid)
+            folder.mkdir(parents=True, exist_ok=True)
+            metrics = {"pretrain": {"pretrain_loss": 0.4}, "linear_probe": {"lin_top1": 50.0},
+                       "finetune": {"ft_top1": 60.0}}[name]
+            (folder / store.METRICS).write_text(json.dumps({"epoch": 0, "loss": 0.9}) + "\n")
+            store.write_json_atomic(folder / store.RESULT, metrics)
+    (out / "cli").mkdir()
+    result = invoke("report", "cli.yaml", "--profile", "tiny")
+    assert result.exit_code == 0, result.output
+    assert "results:" in result.stdout and "(2 rows)" in result.stdout
+    import pandas as pd
+
+    results = pd.read_csv(out / "cli" / "results.csv")
+    assert list(results["status"]) == ["done", "done"] and list(results["ft_top1"]) == [60.0, 60.0]
+    history = pd.read_csv(out / "cli" / "history.csv")
+    assert set(history["stage"]) == {"pretrain", "linear_probe", "finetune"}
+
+
+def test_validate_shipped_studies():
+    for study in sorted((ROOT / "studies").glob("*.yaml")):
+        result = invoke("validate", str(study))
+        assert result.exit_code == 0, result.output
+        assert result.stdout.startswith("profile laptop: ")
+
+
+def test_search_reports_the_candidate_best_on_validation(project):
+    (project / "search.yaml").write_text(
+        "name: search\nevaluations: [finetune]\n"
+        "search: {param: finetune.blr, low: 1.0e-4, high: 1.0e-2, log: true, trials: 3, metric: ft_val_top1}\n")
+    p = plan(load_study(project / "search.yaml"), load_profile("tiny", project / "search.yaml"))
+    (run,) = p.runs
+    out = project / "runs"
+    pre = store.stage_dir(out, run.stages["pretrain"])
+    pre.mkdir(parents=True)
+    store.write_json_atomic(pre / store.RESULT, {"pretrain_loss": 0.4})
+    # The best test accuracy belongs to a candidate that is not the best on validation.
+    for sid, (val, test) in zip(run.candidates["finetune"], [(50.0, 90.0), (70.0, 60.0), (60.0, 65.0)]):
+        store.stage_dir(out, sid).mkdir(parents=True)
+        store.write_json_atomic(store.stage_dir(out, sid) / store.RESULT, {"ft_val_top1": val, "ft_top1": test})
+    (out / "search").mkdir()
+    result = invoke("report", "search.yaml", "--profile", "tiny")
+    assert result.exit_code == 0, result.output
+    import pandas as pd
+
+    row = pd.read_csv(out / "search" / "results.csv").iloc[0]
+    assert row["status"] == "done" and row["ft_top1"] == 60.0 and row["search_metric"] == 70.0
+    assert row["search_value"] == p.stages[run.candidates["finetune"][1]].config["finetune"]["blr"]

@@ -1,0 +1,177 @@
+"""plan(): arm expansion, stage identity and sharing, purity."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ablate.cost import estimate, mae_train_flops
+from ablate.plan import canonical_json, plan, stage_id
+from ablate.profiles import parse_profile
+from ablate.study import parse_study
+from core.config import ModelConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE = parse_profile({
+    "description": "tiny",
+    "base": {"model": {"variant": "vit_test"}, "data": {"dataset": "synthetic", "synthetic_size": 64},
+             "pretrain": {"epochs": 1, "warmup_epochs": 0, "batch_size": 16},
+             "linear_probe": {"epochs": 1, "warmup_epochs": 0, "batch_size": 16},
+             "finetune": {"epochs": 1, "warmup_epochs": 0, "batch_size": 16}},
+    "throughput": {"vit_test": 1000}}, "tiny")
+
+
+def make(**fields):
+    return plan(parse_study({"name": "s", **fields}), PROFILE)
+
+
+def test_grid_is_the_product_of_axes_named_from_values():
+    p = make(axes={"model.mask_ratio": [0.5, 0.75], "model.decoder_depth": [1, 2]}, evaluations=[])
+    assert p.arms == ["mask_ratio=0.5,decoder_depth=1", "mask_ratio=0.5,decoder_depth=2",
+                      "mask_ratio=0.75,decoder_depth=1", "mask_ratio=0.75,decoder_depth=2"]
+    run = p.runs[1]
+    assert run.axes == {"model.mask_ratio": 0.5, "model.decoder_depth": 2}
+    cfg = p.stages[run.stages["pretrain"]].config
+    assert cfg["model"]["mask_ratio"] == 0.5 and cfg["model"]["decoder_depth"] == 2
+
+
+def test_zip_moves_keys_together():
+    p = make(zip={"model.mask_sampling": ["random", "block", "grid"], "model.mask_ratio": [0.75, 0.5, 0.75]},
+             evaluations=[])
+    assert p.arms == ["mask_sampling=random,mask_ratio=0.75", "mask_sampling=block,mask_ratio=0.5",
+                      "mask_sampling=grid,mask_ratio=0.75"]
+
+
+def test_named_arms_alone_and_with_axes():
+    alone = make(arms={"small": {"model": {"decoder_depth": 1}}, "big": {"model.decoder_depth": 4}}, evaluations=[])
+    assert alone.arms == ["small", "big"]
+    both = make(arms={"small": {"model": {"decoder_depth": 1}}, "big": {"model.decoder_depth": 4}},
+                axes={"model.mask_ratio": [0.5, 0.75]}, evaluations=[])
+    assert both.arms == ["small,mask_ratio=0.5", "small,mask_ratio=0.75", "big,mask_ratio=0.5", "big,mask_ratio=0.75"]
+    assert both.runs[2].axes == {"model.mask_ratio": 0.5, "model.decoder_depth": 4}
+
+
+def test_no_axes_is_one_base_arm_and_seeds_repeat_it():
+    p = make(seeds=[0, 1, 2], evaluations=["linear_probe"])
+    assert p.arms == ["base"] and [r.seed for r in p.runs] == [0, 1, 2]
+    pretrains = {r.stages["pretrain"] for r in p.runs}
+    assert len(pretrains) == 3  # a seed is a different config
+    for r in p.runs:
+        cfg = p.stages[r.stages["linear_probe"]].config
+        assert cfg["probe"]["seed"] == r.seed and p.stages[r.stages["pretrain"]].config["pretrain"]["seed"] == r.seed
+
+
+def test_merge_order_profile_then_study_base_then_arm():
+    p = make(base={"pretrain": {"epochs": 3}, "model": {"mask_ratio": 0.6}},
+             arms={"a": {"pretrain.epochs": 5}, "b": {}}, evaluations=[])
+    epochs = {r.arm: p.stages[r.stages["pretrain"]].config["pretrain"]["epochs"] for r in p.runs}
+    assert epochs == {"a": 5, "b": 3}
+    assert p.stages[p.runs[1].stages["pretrain"]].config["model"]["mask_ratio"] == 0.6
+    assert p.stages[p.runs[1].stages["pretrain"]].config["pretrain"]["batch_size"] == 16  # from the profile
+
+
+def test_same_config_same_id_and_ids_are_config_hashes():
+    a, b = make(axes={"model.mask_ratio": [0.5, 0.75]}), make(axes={"model.mask_ratio": [0.5, 0.75]})
+    assert list(a.stages) == list(b.stages)
+    stage = a.stages[a.runs[0].stages["pretrain"]]
+    assert stage.id == stage_id("pretrain", stage.config, None)
+    assert len(stage.id.split("-")[1]) == 12
+    child = a.stages[a.runs[0].stages["linear_probe"]]
+    assert child.parent == stage.id and child.id == stage_id("linear_probe", child.config, stage.id)
+    json.loads(canonical_json(child.config))
+
+
+def test_eval_fields_do_not_change_the_pretrain_id_and_shared_pretrain_runs_once():
+    p = make(axes={"finetune.blr": [1e-4, 1e-3], "linear_probe.epochs": [1, 2]})
+    assert len({r.stages["pretrain"] for r in p.runs}) == 1
+    assert sum(s.kind == "pretrain" for s in p.stages.values()) == 1
+    assert len({r.stages["finetune"] for r in p.runs}) == 2
+    assert len({r.stages["linear_probe"] for r in p.runs}) == 2
+    # 1 pretrain + 2 probes + 2 fine-tunes, each once
+    assert len(p.stages) == 5
+
+
+def test_pretrain_change_changes_every_dependant():
+    a = make(base={"pretrain": {"epochs": 1}})
+    b = make(base={"pretrain": {"epochs": 2}})
+    for name in ("pretrain", "linear_probe", "finetune"):
+        assert a.runs[0].stages[name] != b.runs[0].stages[name]
+
+
+def test_scratch_needs_no_pretraining_and_is_shared_across_mask_ratios():
+    p = make(axes={"model.mask_ratio": [0.5, 0.75]}, evaluations=["finetune", "scratch"])
+    scratch = {r.stages["scratch"] for r in p.runs}
+    assert len(scratch) == 1
+    stage = p.stages[scratch.pop()]
+    assert stage.parent is None and stage.config["finetune"]["init"] == "random"
+    assert stage.config["model"]["mask_ratio"] == ModelConfig(variant="vit_test").mask_ratio
+
+
+def test_partial_finetune_blocks_become_arms_sharing_one_pretraining():
+    p = make(evaluations=["linear_probe", "partial_finetune"], partial_finetune={"blocks": [0, 0.5, 1, "all"]})
+    assert p.arms == ["tune_blocks=0", "tune_blocks=0.5", "tune_blocks=1", "tune_blocks=all"]
+    assert [r.axes["finetune.tune_blocks"] for r in p.runs] == [0, 0.5, 1, None]
+    assert len({r.stages["pretrain"] for r in p.runs}) == 1
+    assert len({r.stages["linear_probe"] for r in p.runs}) == 1
+    kinds = [next(k for k in r.stages if "finetune" in k) for r in p.runs]
+    assert kinds == ["partial_finetune", "partial_finetune", "partial_finetune", "finetune"]
+
+
+def test_partial_all_is_the_end_to_end_finetune():
+    p = make(evaluations=["finetune", "partial_finetune"], partial_finetune={"blocks": [1]})
+    assert p.arms == ["tune_blocks=1", "tune_blocks=all"]
+    assert sum(s.kind == "finetune" for s in p.stages.values()) == 1
+
+
+def test_search_candidates_are_planned_and_deterministic():
+    fields = dict(evaluations=["finetune"], search={"param": "finetune.blr", "low": 1e-4, "high": 1e-2, "log": True,
+                                                      "trials": 3, "metric": "ft_val_top1"})
+    a, b = make(**fields), make(**fields)
+    ids = a.runs[0].candidates["finetune"]
+    assert len(ids) == 3 and ids == b.runs[0].candidates["finetune"]
+    values = [a.stages[i].config["finetune"]["blr"] for i in ids]
+    assert all(1e-4 <= v <= 1e-2 for v in values) and len(set(values)) == 3
+    assert "finetune" not in a.runs[0].stages  # only the candidates run
+
+
+def test_users_of_a_shared_stage():
+    p = make(axes={"finetune.blr": [1e-4, 1e-3]})
+    pre = p.runs[0].stages["pretrain"]
+    assert [(r.arm, name) for r, name in p.users(pre)] == [("blr=0.0001", "pretrain"), ("blr=0.001", "pretrain")]
+    assert len(p.children(pre)) == 3
+
+
+def test_cost_estimate_scales_with_visible_tokens():
+    p = make(axes={"model.mask_ratio": [0.1, 0.9]})
+    low, high = (p.stages[r.stages["pretrain"]] for r in p.runs)
+    assert estimate(low, PROFILE).images == estimate(high, PROFILE).images > 0
+    assert estimate(low, PROFILE).seconds > estimate(high, PROFILE).seconds > 0
+    assert mae_train_flops(low.config["model"]) > mae_train_flops(high.config["model"])
+
+
+def test_plan_is_pure():
+    """Planning imports no Ray, MLflow or torch, and writes nothing."""
+    code = (
+        "import sys, os\n"
+        "from ablate.study import load_study\n"
+        "from ablate.profiles import load_profile\n"
+        "from ablate.plan import plan\n"
+        "s = load_study('studies/masking_ratio.yaml')\n"
+        "p = plan(s, load_profile('laptop', s.source))\n"
+        "bad = [m for m in ('ray', 'mlflow', 'torch') if m in sys.modules]\n"
+        "print('LOADED', bad)\n")
+    before = sorted(p.name for p in ROOT.iterdir())
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert "LOADED []" in out.stdout, out.stdout + out.stderr
+    assert sorted(p.name for p in ROOT.iterdir()) == before
+
+
+@pytest.mark.parametrize("key", ["model.mask_ratio", "model.decoder_depth", "data.augmentation"])
+def test_axis_columns_keep_full_dotted_keys(key):
+    values = {"model.mask_ratio": [0.5, 0.75], "model.decoder_depth": [1, 2],
+              "data.augmentation": ["none", "crop_random"]}[key]
+    p = make(axes={key: values}, evaluations=[])
+    assert p.axis_keys == [key] and [r.axes[key] for r in p.runs] == values

@@ -1,0 +1,249 @@
+"""Contract suite for an execution backend: a two-arm study, a crashed worker, a rerun, a failing stage.
+
+Real Ray (local, started once for the module), real MLflow (sqlite under tmp_path), real core
+functions on the test-sized model and synthetic data. Each backend must pass the same tests;
+`BACKENDS` lists them (Ray is the one there is).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from ablate import store
+from ablate.cli import app
+from ablate.plan import plan
+from ablate.profiles import load_profile
+from ablate.study import load_study
+
+pytestmark = pytest.mark.slow
+
+PROFILE = """\
+description: tiny contract-test profile
+base:
+  model: {variant: vit_test}
+  data: {dataset: synthetic, synthetic_size: 64, num_workers: 0}
+  pretrain: {epochs: 2, warmup_epochs: 0, batch_size: 16, device: cpu, threads: 1}
+  linear_probe: {epochs: 1, warmup_epochs: 0, batch_size: 16, augmentation: none, device: cpu, threads: 1}
+  finetune: {epochs: 1, warmup_epochs: 0, batch_size: 16, mixup: 0, cutmix: 0, rand_augment: null, reprob: 0,
+             drop_path: 0, device: cpu, threads: 1}
+resources: {cpu: 1, gpu: 0}
+"""
+TWO_ARMS = """\
+name: {name}
+axes:
+  model.mask_ratio: [0.5, 0.75]
+evaluations: {evaluations}
+figures: [loss_curves]
+"""
+BACKENDS = ["ray"]
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray for the module (start-up costs seconds); the backend joins it."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, ray_session):
+    return request.param
+
+
+@pytest.fixture
+def project(tmp_path):
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "tiny.yaml").write_text(PROFILE)
+    return tmp_path
+
+
+def write_study(project: Path, name: str, evaluations: str = "[linear_probe]", text: str = TWO_ARMS) -> Path:
+    path = project / f"{name}.yaml"
+    path.write_text(text.format(name=name, evaluations=evaluations))
+    return path
+
+
+def run(project: Path, study: Path, *extra: str):
+    result = CliRunner().invoke(app, ["run", str(study), "--profile", "tiny", "--out", str(project / "runs"), *extra])
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def the_plan(study: Path):
+    s = load_study(study)
+    return plan(s, load_profile("tiny", s.source))
+
+
+def mlflow_runs(project: Path, name: str) -> list[dict]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project / 'runs' / name / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(name)
+    return [{"id": r.info.run_id, "status": r.info.status, **r.data.tags, "params": r.data.params,
+             "metrics": r.data.metrics} for r in client.search_runs([experiment.experiment_id], max_results=1000)]
+
+
+def stamps(project: Path, stage_ids) -> dict[str, tuple]:
+    out = {}
+    for sid in stage_ids:
+        folder = store.stage_dir(project / "runs", sid)
+        out[sid] = ((folder / store.RESULT).stat().st_mtime_ns, (folder / store.CONFIG).stat().st_mtime_ns,
+                    (folder / "stage.json").read_text())
+    return out
+
+
+def test_two_arm_study_then_rerun_changes_nothing(project, backend):
+    study = write_study(project, "two")
+    p = the_plan(study)
+    result = run(project, study)
+    assert result.exit_code == 0, result.output
+    assert "profile tiny: tiny contract-test profile" in result.output
+
+    folder = project / "runs" / "two"
+    results = pd.read_csv(folder / "results.csv")
+    assert list(results["arm"]) == ["mask_ratio=0.5", "mask_ratio=0.75"]
+    assert list(results["model.mask_ratio"]) == [0.5, 0.75]
+    assert (results["status"] == "done").all()
+    assert results["lin_top1"].notna().all() and results["pretrain_loss"].notna().all()
+    history = pd.read_csv(folder / "history.csv")
+    loss = history[(history["stage"] == "pretrain") & (history["metric"] == "loss")]
+    assert sorted(loss["epoch"].unique()) == [0, 1] and set(loss["arm"]) == set(results["arm"])
+
+    for sid, stage in p.stages.items():
+        stage_folder = store.stage_dir(project / "runs", sid)
+        assert json.loads((stage_folder / store.CONFIG).read_text()) == dict(stage.config)
+        assert store.state(project / "runs", sid) == store.DONE
+
+    runs = mlflow_runs(project, "two")
+    parents = [r for r in runs if r["role"] == "study"]
+    children = [r for r in runs if r["role"] == "stage"]
+    assert len(parents) == 1 and parents[0]["status"] == "FINISHED"
+    assert sorted(r["stage_id"] for r in children) == sorted(p.stages)  # exactly one run per stage
+    assert all(r["status"] == "FINISHED" and r["mlflow.parentRunId"] == parents[0]["id"] for r in children)
+    pretrain = next(r for r in children if r["stage"] == "pretrain" and r["arm"] == "mask_ratio=0.5")
+    assert pretrain["params"]["model.mask_ratio"] == "0.5" and pretrain["params"]["pretrain.epochs"] == "2"
+    assert {"study", "arm", "stage", "profile", "stage_id", "seed"} <= set(pretrain)
+    assert "pretrain_loss" in pretrain["metrics"] and "img_per_s" in pretrain["metrics"]
+    probe = next(r for r in children if r["stage"] == "linear_probe")
+    assert "lin_top1" in probe["metrics"] and probe["params"]["linear_probe.epochs"] == "1"
+
+    # The same command again is the resume: nothing reruns, no run is added.
+    before = stamps(project, p.stages)
+    again = run(project, study)
+    assert again.exit_code == 0, again.output
+    assert "0 run now" in again.output
+    assert stamps(project, p.stages) == before
+    after = mlflow_runs(project, "two")
+    assert sorted(r["id"] for r in after) == sorted(r["id"] for r in runs)
+    assert all(r["status"] == "FINISHED" for r in after)
+
+
+def test_worker_crash_is_retried_with_one_run_per_stage(project, backend, monkeypatch):
+    study = write_study(project, "crash", evaluations="[]",
+                        text="name: {name}\nevaluations: {evaluations}\nfigures: []\n")
+    p = the_plan(study)
+    (sid,) = p.stages
+    monkeypatch.setenv("ABLATE_FAULT", "crash:pretrain:0")  # the worker dies hard after epoch 0, once
+    result = run(project, study)
+    assert result.exit_code == 0, result.output
+    assert "retry" in result.output
+    folder = store.stage_dir(project / "runs", sid)
+    meta = json.loads((folder / "stage.json").read_text())
+    assert len(meta["attempts"]) == 2
+    assert (folder / store.RESULT).is_file() and not (folder / store.ERROR).exists()
+    epochs = [json.loads(line)["epoch"] for line in (folder / store.METRICS).read_text().splitlines()]
+    assert epochs[0] == 0 and epochs[-1] == 1  # the retry resumed from the checkpoint: epoch 0 not redone
+    assert epochs.count(0) == 1
+    runs = mlflow_runs(project, "crash")
+    children = [r for r in runs if r["role"] == "stage"]
+    assert len(children) == 1 and children[0]["status"] == "FINISHED" and children[0]["retries"] == "1"
+    assert len([r for r in runs if r["role"] == "study"]) == 1
+
+
+def test_failing_stage_is_recorded_and_the_other_arm_finishes(project, backend, monkeypatch):
+    study = write_study(project, "nan")
+    p = the_plan(study)
+    bad_arm, good_arm = p.runs
+    bad = bad_arm.stages["pretrain"]
+    monkeypatch.setenv("ABLATE_FAULT", f"nan:{bad}:0")
+    result = run(project, study)
+    assert result.exit_code == 1, result.output
+    assert "--rerun-failed" in result.output
+    out = project / "runs"
+    assert store.state(out, bad) == store.FAILED
+    assert "FloatingPointError" in store.error(out, bad)
+    assert not (store.stage_dir(out, bad) / store.RESULT).exists()
+    assert not store.stage_dir(out, bad_arm.stages["linear_probe"]).exists()  # dependant skipped
+    assert all(store.state(out, sid) == store.DONE for sid in good_arm.stages.values())
+    results = pd.read_csv(out / "nan" / "results.csv").set_index("arm")
+    assert results.loc[bad_arm.arm, "status"] == "failed" and "FloatingPointError" in results.loc[bad_arm.arm, "error"]
+    assert results.loc[good_arm.arm, "status"] == "done" and results["lin_top1"].notna().sum() == 1
+
+    runs = mlflow_runs(project, "nan")
+    by_stage = {r["stage_id"]: r for r in runs if r["role"] == "stage"}
+    assert by_stage[bad]["status"] == "FAILED" and "FloatingPointError" in by_stage[bad]["error"]
+    assert all(by_stage[sid]["status"] == "FINISHED" for sid in good_arm.stages.values())
+    assert bad_arm.stages["linear_probe"] not in by_stage
+    assert next(r for r in runs if r["role"] == "study")["status"] == "FAILED"
+
+    # Failed stages are reported, not retried ...
+    monkeypatch.delenv("ABLATE_FAULT")
+    again = run(project, study)
+    assert again.exit_code == 1 and "0 run now" in again.output
+    # ... unless asked; the retry reuses the stage's run.
+    fixed = run(project, study, "--rerun-failed")
+    assert fixed.exit_code == 0, fixed.output
+    assert all(store.state(out, sid) == store.DONE for sid in p.stages)
+    runs = mlflow_runs(project, "nan")
+    children = [r for r in runs if r["role"] == "stage"]
+    assert sorted(r["stage_id"] for r in children) == sorted(p.stages)
+    assert all(r["status"] == "FINISHED" for r in runs)
+    assert list((store.stage_dir(out, bad)).glob("error-*.txt"))  # the old error is kept beside it
+
+
+def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(project, backend):
+    """A real `ablate run` process gets SIGINT mid-stage: runs KILLED, the stage left pending
+    (not failed) with its checkpoint, the resume command printed; running it again finishes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    study = project / "stop.yaml"
+    study.write_text("name: stop\nbase:\n  pretrain: {epochs: 80}\nevaluations: []\nfigures: []\n")
+    command = [sys.executable, "-m", "ablate.cli", "run", str(study), "--profile", "tiny", "--out",
+               str(project / "runs")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    deadline = time.time() + 120
+    for line in process.stdout:  # plain lines (not a terminal): wait for the first epoch
+        lines.append(line)
+        if line.split()[1:2] == ["epoch"] or time.time() > deadline:
+            break
+    process.send_signal(signal.SIGINT)
+    output = "".join(lines) + process.communicate(timeout=120)[0]
+    assert process.returncode == 130, output
+    assert f"Resume with: ablate run {study} --profile tiny --out {project / 'runs'}" in output
+    assert "Traceback" not in output
+
+    (sid,) = the_plan(study).stages
+    folder = store.stage_dir(project / "runs", sid)
+    assert store.state(project / "runs", sid) == store.PENDING  # stopped, not failed
+    assert list(folder.glob("checkpoint-*.pth"))
+    runs = mlflow_runs(project, "stop")
+    assert sorted(r["status"] for r in runs) == ["KILLED", "KILLED"]
+
+    again = run(project, study)
+    assert again.exit_code == 0, again.output
+    assert store.state(project / "runs", sid) == store.DONE
+    after = mlflow_runs(project, "stop")
+    assert sorted(r["id"] for r in after) == sorted(r["id"] for r in runs)
+    assert all(r["status"] == "FINISHED" for r in after)
