@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Set up, then run the quickstart study end to end on real Fashion-MNIST (about 5 minutes on 2 cores).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/ablate run studies/quickstart.yaml "$@"
