@@ -20,7 +20,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from results_file import save  # noqa: E402
 from core.config import ModelConfig  # noqa: E402
 from core.device import autocast  # noqa: E402
 from core.model import MaskedAutoencoder  # noqa: E402
@@ -125,9 +127,7 @@ def main() -> None:
     args = parser.parse_args()
     text = run(args.batch, args.repeats, args.precision)
     print(text)
-    out = Path(__file__).parent / "results" / "encoder.md"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(text)
+    save("encoder", text)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ same precision, measured side by side in one run (train step including AdamW, 75
 
     .venv/bin/python benchmarks/bench_pretrain.py            # the two small configs
     .venv/bin/python benchmarks/bench_pretrain.py --vit-b    # adds ViT-B/16 at 224 px (slow on CPU)
+    .venv/bin/python benchmarks/bench_pretrain.py --compile  # adds torch.compile rows (both models)
 
 Prints a Markdown table and writes it to benchmarks/results/pretrain.md.
 """
@@ -13,11 +14,15 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from results_file import save  # noqa: E402
 from core.config import ModelConfig  # noqa: E402
 from core.device import autocast  # noqa: E402
 from core.model import MaskedAutoencoder  # noqa: E402
@@ -37,9 +42,10 @@ def hf_model(cfg: ModelConfig) -> torch.nn.Module:
     return ViTMAEForPreTraining(hf_config(cfg))
 
 
-def step_rate(model: torch.nn.Module, imgs: torch.Tensor, precision: str, hf: bool, steps: int, repeats: int) -> float:
-    """Median img/s over `repeats` timed runs of `steps` train steps, after two warm-up steps."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=not hf)
+def make_step(model: torch.nn.Module, imgs: torch.Tensor, precision: str, hf: bool) -> Callable[[], None]:
+    """One train step (forward, backward, AdamW) on a fixed batch. Both models get the same fused
+    AdamW: the comparison is of the models, not of the optimizers."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=True)
     device = imgs.device
 
     def step() -> None:
@@ -49,55 +55,107 @@ def step_rate(model: torch.nn.Module, imgs: torch.Tensor, precision: str, hf: bo
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for _ in range(2):
-        step()
-    rates = []
+    return step
+
+
+def interleaved_rates(steps: dict[str, Callable[[], None]], batch: int, n: int, repeats: int,
+                      sync: Callable[[], None]) -> dict[str, float]:
+    """Median img/s of each step function over `repeats` rounds of `n` steps, the functions taking
+    turns within every round, so that a background load slows all of them alike."""
+    for step in steps.values():  # warm-up (and compilation, for compiled ones)
+        for _ in range(2):
+            step()
+    sync()
+    rates: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            for _ in range(n):
+                step()
+            sync()
+            rates[name].append(n * batch / (time.perf_counter() - start))
+    return {name: statistics.median(r) for name, r in rates.items()}
+
+
+def counted_flops_per_image(cfg: ModelConfig) -> float:
+    """Training FLOPs (forward + backward) per image, counted by torch on the meta device."""
+    with torch.device("meta"):
+        model = MaskedAutoencoder(cfg)
+        imgs = torch.randn(2, cfg.in_chans, cfg.img_size, cfg.img_size)
+    with FlopCounterMode(display=False) as counter:
+        model(imgs)[0].backward()
+    return counter.get_total_flops() / 2
+
+
+def matmul_limit(precision: str, device: torch.device, n: int = 4096, repeats: int = 5) -> float:
+    """FLOP/s of a large square matmul in `precision`: the practical limit of this machine."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    a @ b
+    times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        for _ in range(steps):
-            step()
+        a @ b
         if device.type == "cuda":
             torch.cuda.synchronize()
-        rates.append(steps * imgs.shape[0] / (time.perf_counter() - start))
-    return statistics.median(rates)
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times)
 
 
-def run(names: list[str], steps: int, repeats: int) -> str:
+def run(names: list[str], steps: int, repeats: int, compile_: bool) -> str:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     rows = ["| config | batch | precision | ours img/s | HF ViTMAE img/s | ours / HF |", "|---|---|---|---|---|---|"]
+    util = ["| config | precision | train GFLOPs/img (counted) | ours TFLOP/s achieved | matmul limit TFLOP/s | "
+            "of the limit |", "|---|---|---|---|---|---|"]
+    limits = {p: matmul_limit(p, device) for p in ("fp32", "bf16")}
     for name in names:
         overrides, batch = CONFIGS[name]
         cfg = ModelConfig(**overrides)
         imgs = torch.randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size, device=device)
-        best = {}
+        flops = counted_flops_per_image(cfg)
+        best: dict[str, tuple[float, str]] = {}
         for precision in ("fp32", "bf16"):
             torch.manual_seed(0)
-            ours = step_rate(MaskedAutoencoder(cfg).to(device), imgs, precision, False, steps, repeats)
-            theirs = step_rate(hf_model(cfg).to(device), imgs, precision, True, steps, repeats)
-            best[precision] = (ours, theirs)
-            rows.append(f"| {name} | {batch} | {precision} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f} |")
-            print(rows[-1], flush=True)
-        ours_best, theirs_best = max(b[0] for b in best.values()), max(b[1] for b in best.values())
-        rows.append(f"| {name} | {batch} | best of each | {ours_best:.1f} | {theirs_best:.1f} | "
-                    f"**{ours_best / theirs_best:.2f}** |")
+            ours_model, hf = MaskedAutoencoder(cfg).to(device), hf_model(cfg).to(device)
+            fns = {"ours": make_step(ours_model, imgs, precision, False), "hf": make_step(hf, imgs, precision, True)}
+            if compile_:
+                fns["ours+compile"] = make_step(torch.compile(MaskedAutoencoder(cfg).to(device)), imgs, precision, False)
+                fns["hf+compile"] = make_step(torch.compile(hf_model(cfg).to(device)), imgs, precision, True)
+            rates = interleaved_rates(fns, batch, steps, repeats, sync)
+            for variant in (["", "+compile"] if compile_ else [""]):
+                ours, theirs = rates[f"ours{variant}"], rates[f"hf{variant}"]
+                label = precision + (" + torch.compile" if variant else "")
+                rows.append(f"| {name} | {batch} | {label} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f} |")
+                print(rows[-1], flush=True)
+                for who, rate in (("ours", ours), ("hf", theirs)):
+                    if rate > best.get(who, (0.0, ""))[0]:
+                        best[who] = (rate, label)
+                achieved = flops * ours
+                util.append(f"| {name} | {label} | {flops / 1e9:.3f} | {achieved / 1e12:.3f} | "
+                            f"{limits[precision] / 1e12:.3f} | {achieved / limits[precision]:.0%} |")
+        (o, o_label), (t, t_label) = best["ours"], best["hf"]
+        rows.append(f"| {name} | {batch} | best of each (ours {o_label}, HF {t_label}) | {o:.1f} | {t:.1f} | "
+                    f"**{o / t:.2f}** |")
         print(rows[-1], flush=True)
-    header = (f"Device: {device.type} ({torch.get_num_threads()} threads), torch {torch.__version__}; "
-              f"median of {repeats} x {steps} steps.\n\n")
-    return header + "\n".join(rows) + "\n"
+    threads = f"{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name(0)
+    header = (f"### Pre-training step: ours vs Hugging Face ViTMAE\n\nDevice: {device.type} ({threads}), "
+              f"torch {torch.__version__}; train step = forward + backward + fused AdamW, 75% masking; median of "
+              f"{repeats} rounds x {steps} steps, the models taking turns in every round.\n\n")
+    return (header + "\n".join(rows) + "\n\nAchieved FLOP/s of our step (counted training FLOPs x img/s) against "
+            "this machine's large-matmul rate (4096^3) in the same precision:\n\n" + "\n".join(util) + "\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vit-b", action="store_true", help="include ViT-B/16 at 224 px")
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--compile", action="store_true", help="add torch.compile rows for both models")
     args = parser.parse_args()
     names = list(CONFIGS)[: 3 if args.vit_b else 2]
-    table = run(names, args.steps, args.repeats)
-    out = Path(__file__).parent / "results" / "pretrain.md"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(table)
-    print(f"\nwritten to {out}")
+    table = run(names, args.steps, args.repeats, args.compile)
+    save("pretrain", table)
 
 
 if __name__ == "__main__":

@@ -145,7 +145,9 @@ class OptimConfig(Frozen):
 
 
 class PretrainConfig(OptimConfig):
-    epochs: int = Field(800, ge=1)
+    # 0: no pre-training; the encoder stays as initialised, so its probe and fine-tune are the
+    # random-encoder baseline through the very same evaluation stages.
+    epochs: int = Field(800, ge=0)
     warmup_epochs: float = Field(40, ge=0)
     batch_size: int = Field(4096, ge=1)
     blr: float = Field(1.5e-4, gt=0)

@@ -95,3 +95,15 @@ def test_gradient_accumulation_equals_the_large_batch():
 def test_bf16_autocast_trains(tmp_path):
     result = pretrain(job(1, precision="bf16"), tmp_path)
     assert np.isfinite(result["pretrain_loss"])
+
+
+def test_zero_epochs_is_the_random_encoder_baseline(tmp_path):
+    """epochs 0 trains nothing: the saved encoder is the seeded initialisation, for the random-encoder probe."""
+    result = pretrain(job(0), tmp_path)
+    assert result["epochs"] == 0 and np.isnan(result["pretrain_loss"])
+    torch.manual_seed(0)  # what seed_everything(0) gives the model's init
+    init = MaskedAutoencoder(ModelConfig(variant="vit_test")).encoder_state_dict()
+    saved = load_encoder(tmp_path)
+    assert saved.keys() == init.keys()
+    assert all(torch.equal(saved[k], init[k]) for k in init)
+    assert not (tmp_path / LAST).exists()  # nothing trained, nothing to resume

@@ -1,0 +1,160 @@
+"""Study overhead: what Ray, Tune and tracking cost on top of the trials' own compute.
+
+    .venv/bin/python benchmarks/bench_study.py                   # Ray start, per-trial overhead, quickstart study
+    .venv/bin/python benchmarks/bench_study.py --study studies/masking_ratio.yaml
+
+Measured in one run, on this machine:
+- Ray start: a cold local `ray.init` as `ablate run` does it (no dashboard).
+- Per-trial overhead: a wave of N trials that do nothing but import torch and report once,
+  one at a time, with and without actor reuse: (wave wall-clock) / N.
+- A real study (`ablate run`, laptop profile, into a fresh folder): its wall-clock against the
+  trials' own compute, read from each stage's result.json (`attempt_wall_s`). With several
+  trials at once the lower bound is not the sum but the critical path of the stage graph packed
+  onto the slots Ray has; both are shown. Peak resident memory per trial from result.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from results_file import save  # noqa: E402
+
+
+def ray_start_seconds(repeats: int) -> float:
+    """A cold `ray.init` in a fresh interpreter each time (what `ablate run` pays once)."""
+    code = ("import time, logging, os, ray; s = time.perf_counter(); "
+            "ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False, log_to_driver=False, "
+            "logging_level=logging.ERROR); print(time.perf_counter() - s); ray.shutdown()")
+    times = []
+    for _ in range(repeats):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        times.append(float(out.strip().splitlines()[-1]))
+    return statistics.median(times)
+
+
+def _noop_trial(config: dict) -> None:
+    import torch  # noqa: F401 - a real trial imports torch; the first import in a fresh worker costs
+    from ray import tune
+    tune.report({"x": config["i"]})
+
+
+def per_trial_seconds(trials: int, reuse: bool) -> float:
+    from ray import tune
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        tune.Tuner(
+            tune.with_resources(_noop_trial, {"cpu": 1}),
+            param_space={"i": tune.grid_search(list(range(trials)))},
+            tune_config=tune.TuneConfig(reuse_actors=reuse, max_concurrent_trials=1),
+            run_config=tune.RunConfig(storage_path=tmp, verbose=0),
+        ).fit()
+        return (time.perf_counter() - start) / trials
+
+
+def critical_path_seconds(stages: dict[str, dict], slots: int) -> float:
+    """Lower bound on a study's wall-clock: list-schedule the stages (longest first among the
+    runnable ones) onto `slots` parallel slots, each stage after its parent."""
+    finish: dict[str, float] = {}
+    free = [0.0] * slots
+    pending = dict(stages)
+    while pending:
+        ready = [s for s in pending.values() if s["parent"] is None or s["parent"] in finish]
+        stage = max(ready, key=lambda s: s["wall"])
+        slot = min(range(slots), key=lambda i: free[i])
+        start = max(free[slot], finish.get(stage["parent"], 0.0))
+        free[slot] = finish[stage["id"]] = start + stage["wall"]
+        del pending[stage["id"]]
+    return max(finish.values())
+
+
+def study_overhead(study: Path, profile: str) -> dict:
+    from ablate.plan import plan
+    from ablate.profiles import load_profile
+    from ablate.study import load_study
+
+    the_plan = plan(load_study(study), load_profile(profile))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "runs"
+        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+        start = time.perf_counter()
+        subprocess.run([str(ROOT / ".venv" / "bin" / "ablate"), "run", str(study), "--profile", profile,
+                        "--out", str(out)], check=True, env=env, stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - start
+        stages = {}
+        for sid, stage in the_plan.stages.items():
+            result = json.loads((out / "stages" / sid / "result.json").read_text())
+            stages[sid] = {"id": sid, "parent": stage.parent, "wall": result["attempt_wall_s"],
+                           "kind": stage.kind, "rss": result.get("peak_rss_mb")}
+    slots = int(len(os.sched_getaffinity(0)) // load_profile(profile).resources.cpu)
+    return {"wall": wall, "sum": sum(s["wall"] for s in stages.values()),
+            "bound": critical_path_seconds(stages, slots), "slots": slots, "stages": stages}
+
+
+def run(args: argparse.Namespace) -> str:
+    import ray
+
+    lines = ["### Study overhead", ""]
+    start = ray_start_seconds(args.repeats)
+    lines.append(f"Cold local `ray.init` (no dashboard): **{start:.2f} s** (median of {args.repeats}).")
+    print(lines[-1], flush=True)
+    ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False, log_to_driver=False,
+             logging_level=logging.ERROR)
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    logging.getLogger("ray.tune").setLevel(logging.ERROR)
+    fresh = per_trial_seconds(args.trials, reuse=False)
+    reused = per_trial_seconds(args.trials, reuse=True)
+    ray.shutdown()
+    lines += ["", f"Per-trial overhead, {args.trials} trials that import torch and report once, one at a time:", "",
+              "| actors | s per trial |", "|---|---|", f"| fresh per trial | {fresh:.2f} |",
+              f"| reused (`reuse_actors=True`, what ablate uses) | **{reused:.2f}** |", ""]
+    print("\n".join(lines[-6:]), flush=True)
+    if args.study:
+        s = study_overhead(Path(args.study), args.profile)
+        kinds: dict[str, list[dict]] = {}
+        for stage in s["stages"].values():
+            kinds.setdefault(stage["kind"], []).append(stage)
+        lines += [f"`ablate run {args.study}` (profile {args.profile}, {len(s['stages'])} stages, "
+                  f"{s['slots']} trial slots), from a fresh output folder:", "",
+                  "| | seconds |", "|---|---|",
+                  f"| study wall-clock (process start to exit, Ray start, tracking, report included) | {s['wall']:.1f} |",
+                  f"| sum of the trials' own compute | {s['sum']:.1f} |",
+                  f"| lower bound: stage graph packed on {s['slots']} slots | {s['bound']:.1f} |",
+                  f"| **wall-clock / lower bound** | **{s['wall'] / s['bound']:.2f}** |", "",
+                  "| stage kind | count | median compute s | peak RSS MB (max) |", "|---|---|---|---|"]
+        for kind, group in kinds.items():
+            rss = [g["rss"] for g in group if g["rss"]]
+            lines.append(f"| {kind} | {len(group)} | {statistics.median(g['wall'] for g in group):.1f} | "
+                         f"{max(rss):.0f} |" if rss else f"| {kind} | {len(group)} | "
+                         f"{statistics.median(g['wall'] for g in group):.1f} | - |")
+        print("\n".join(lines[-12:]), flush=True)
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--study", default=str(ROOT / "studies" / "quickstart.yaml"),
+                        help="study to run end to end ('' to skip)")
+    parser.add_argument("--profile", default="laptop")
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    text = run(args)
+    save("study", text)
+
+
+if __name__ == "__main__":
+    main()
