@@ -276,13 +276,15 @@ def fig9_partial_finetune(results: pd.DataFrame) -> pd.DataFrame:
 def table3(results: pd.DataFrame) -> pd.DataFrame:
     """Pre-trained and fine-tuned against trained from scratch with the same recipe: our arms, then
     the paper's models (no shared key: the rows stack, ours first)."""
-    agg = aggregate(results, ["ft_top1", "scratch_top1"])
+    agg = aggregate(results, ["lin_top1", "ft_top1", "scratch_top1"])
     mean = {m: agg[f"{m}_mean"] if f"{m}_mean" in agg else pd.Series(math.nan, index=agg.index)
-            for m in ("ft_top1", "scratch_top1")}
+            for m in ("lin_top1", "ft_top1", "scratch_top1")}
     ours = pd.DataFrame({"model": "ours", "arm": agg["arm"],
                          "seeds": agg.apply(_seeds_label, axis=1) if len(agg) else [],
                          "ours ft": mean["ft_top1"], "ours scratch": mean["scratch_top1"],
                          "ours gain": mean["ft_top1"] - mean["scratch_top1"]})
+    if mean["lin_top1"].notna().any():  # e.g. an MAE arm against a random encoder (pretrain.epochs 0)
+        ours.insert(3, "ours linear", mean["lin_top1"])
     ref = paper.TABLE3
     theirs = pd.DataFrame({"model": ref["model"], "paper ft": ref["ft_top1"], "paper scratch": ref["scratch_top1"],
                            "paper gain": ref["ft_top1"] - ref["scratch_top1"]})
