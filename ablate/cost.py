@@ -1,9 +1,11 @@
 """A rough cost per stage for `ablate plan`: images processed and minutes, nothing run.
 
 Minutes come from the profile's measured MAE pre-training speed of a model variant (img/s at
-its default mask ratio and decoder, one trial at the profile's resources), scaled by the
-transformer FLOPs of the stage against that reference: a ratio-0.9 arm encodes fewer tokens, a
-fine-tune runs the encoder on all of them forward and backward, a probe forward only.
+its default mask ratio and decoder, one worker at the profile's per-worker resources), scaled by
+the transformer FLOPs of the stage against that reference: a ratio-0.9 arm encodes fewer tokens, a
+fine-tune runs the encoder on all of them forward and backward, a probe forward only. A
+data-parallel stage on N workers is counted N times as fast (linear scaling: a lower bound on its
+time), a single-worker stage at one worker's speed.
 """
 from __future__ import annotations
 
@@ -90,4 +92,4 @@ def estimate(stage: Stage, profile: Profile) -> Cost:
         images = epochs * (seen + val + test)
         flops = epochs * (seen * forward * (1 + BACKWARD * tuned) + (val + test) * forward)
     rate = flops_per_second(profile, m["variant"])
-    return Cost(images, flops / rate if rate else None)
+    return Cost(images, flops / (rate * stage.workers) if rate else None)

@@ -61,13 +61,31 @@ def resource_shortfall(workers: int, per_worker: Mapping[str, float],
     for name, amount in needed.items():
         total = sum(node.get(name, 0.0) for node in nodes)
         if total + _EPS < workers * amount:
-            return f"trial needs {workers} workers x {_amount(amount)} {name}; the cluster has {_amount(total)} {name}"
-    fit = sum(min(math.floor(node.get(k, 0.0) / v + _EPS) for k, v in needed.items()) for node in nodes) \
-        if needed else workers
+            return f"trial needs {_times(workers)}{_amount(amount)} {name}; the cluster has {_amount(total)} {name}"
+    fit = workers_that_fit(needed, nodes) if needed else workers
     if fit < workers:
+        if workers == 1:
+            return f"trial needs {desc} on one node; no node of the cluster has that"
         return (f"trial needs {workers} workers x {desc}, each on one node; the cluster's nodes "
                 f"hold only {fit} such workers")
     return None
+
+
+def _times(workers: int) -> str:
+    return "" if workers == 1 else f"{workers} workers x "
+
+
+def workers_that_fit(per_worker: Mapping[str, float], nodes: Sequence[Mapping[str, float]]) -> int:
+    """How many workers of `per_worker` resources these nodes hold at once, each on one node."""
+    needed = {k: v for k, v in per_worker.items() if v > 0}
+    if not needed:
+        raise ValueError("a worker must need some resource, got none")
+    return sum(min(math.floor(node.get(k, 0.0) / v + _EPS) for k, v in needed.items()) for node in nodes)
+
+
+def trials_that_fit(workers: int, per_worker: Mapping[str, float]) -> int:
+    """How many trials of `workers` such workers the connected cluster's live nodes run at once."""
+    return workers_that_fit(per_worker, _live_nodes()) // workers
 
 
 def check_cluster(workers: int, per_worker: Mapping[str, float]) -> None:
@@ -77,18 +95,24 @@ def check_cluster(workers: int, per_worker: Mapping[str, float]) -> None:
     whole run is not available to its workers and is left out.
     """
     held_node, held = _held_by_caller()
+    nodes = _live_nodes(held_node, held)
+    reason = resource_shortfall(workers, per_worker, nodes)
+    if reason is not None:
+        holding = ", ".join(f"{_amount(v)} {k}" for k, v in held.items() if k in per_worker and v > 0)
+        raise ValueError(reason + (f" besides the {holding} the calling trial holds" if holding else ""))
+
+
+def _live_nodes(held_node: str | None = None, held: Mapping[str, float] | None = None) -> list[dict[str, float]]:
+    """Each live node's total resources, less `held` on node `held_node`."""
     nodes = []
     for node in ray.nodes():
         if not node.get("Alive"):
             continue
         resources = dict(node["Resources"])
-        if node.get("NodeID") == held_node:
+        if held and node.get("NodeID") == held_node:
             resources = {k: v - held.get(k, 0.0) for k, v in resources.items()}
         nodes.append(resources)
-    reason = resource_shortfall(workers, per_worker, nodes)
-    if reason is not None:
-        holding = ", ".join(f"{_amount(v)} {k}" for k, v in held.items() if k in per_worker and v > 0)
-        raise ValueError(reason + (f" besides the {holding} the calling trial holds" if holding else ""))
+    return nodes
 
 
 def _held_by_caller() -> tuple[str | None, dict[str, float]]:

@@ -30,6 +30,16 @@ class CannotRun(Exception):
     """A valid study that cannot start here: no Ray cluster at the address, tracking store
     unreachable. One line, exit status 1."""
 
+    exit_code = EXIT_CANNOT_RUN
+
+
+class ClusterTooSmall(CannotRun):
+    """A trial the connected Ray cluster can never place (more workers, CPUs or GPUs than its live
+    nodes have), refused before its wave starts instead of waiting forever. Exit status 2: what
+    the study asks for is wrong for this cluster, as bad input is."""
+
+    exit_code = EXIT_BAD_INPUT
+
 
 def loc_path(loc: tuple[Any, ...]) -> str:
     """('axes', 'model.mask_ratio', 2) -> 'axes.model.mask_ratio[2]'."""

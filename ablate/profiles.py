@@ -25,7 +25,8 @@ class Profile(Frozen):
     base: Overlay = {}
     resources: Resources = Resources()
     # MAE pre-training images per second per model variant at mask ratio 0.75 on this profile's
-    # machine, one trial at `resources`; other stages and ratios are scaled from it by FLOPs.
+    # machine, one worker at `resources`; other stages and ratios are scaled from it by FLOPs, a
+    # data-parallel stage by its worker count.
     throughput: dict[str, float] = {}
     _name: str = PrivateAttr("custom")
     _source: Path | None = PrivateAttr(None)

@@ -9,6 +9,7 @@ path runs exactly as before.
 """
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import ContextManager
@@ -57,6 +58,22 @@ class Dist:
             out /= self.world_size
         return out
 
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum of `tensor` over all ranks (a new tensor; the input is left as is)."""
+        out = tensor.detach().clone()
+        if self.world_size > 1:
+            torch_dist.all_reduce(out, op=torch_dist.ReduceOp.SUM)
+        return out
+
+    def average_buffers(self, model: nn.Module) -> None:
+        """Replace every floating-point buffer (BatchNorm running statistics) by its mean over the
+        ranks, in place: DDP here does not broadcast buffers, so each rank's drift with its own data."""
+        if self.world_size == 1:
+            return
+        for buffer in model.buffers():
+            if buffer.is_floating_point():
+                buffer.copy_(self.all_reduce_mean(buffer))
+
     def barrier(self) -> None:
         if self.world_size > 1:
             torch_dist.barrier()
@@ -73,6 +90,16 @@ class Dist:
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids, forward_sync_buffers=False,
                                        find_unused_parameters=find_unused_parameters)
+
+    def backward(self, loss: torch.Tensor, accum_iter: int, what: str, epoch: int, step: int) -> float:
+        """Back-propagate `loss / accum_iter` and return the loss as a float; a non-finite loss
+        raises FloatingPointError naming the epoch, the step and (with several) the rank."""
+        value = loss.item()
+        if not math.isfinite(value):
+            where = f" on rank {self.rank}" if self.world_size > 1 else ""
+            raise FloatingPointError(f"non-finite {what} loss {value} at epoch {epoch}, step {step}{where}")
+        (loss / accum_iter).backward()
+        return value
 
     def no_sync(self, model: nn.Module, sync: bool) -> ContextManager:
         """Skip DDP's gradient all-reduce for this backward unless `sync` (the last accumulation micro-step)."""

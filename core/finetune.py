@@ -18,10 +18,22 @@ fc_norm) and the head; 0.5 trains the MLP sub-block of the last block (norm2 + m
 trains only a BatchNorm + Linear head as linear probing does. Frozen blocks run in eval mode (no
 drop path: they are a fixed feature extractor) and are left out of the optimiser, so they stay
 bit-equal.
+
+Data-parallel, as core/pretrain.py: when a launcher has initialised torch.distributed
+(ablate/distributed.py), every rank trains its shard of each epoch's micro-batches under DDP;
+the effective batch is batch_size x world_size x accum_iter (the lr rule uses it); gradients are
+all-reduced once per optimizer step (`no_sync` on the other accumulation micro-steps); evaluation
+is sharded and its hit counts summed; rank 0 alone checkpoints and calls `report`. Images and
+their crops are functions of the position in the epoch (core/data.py), so without the random
+steps after the crop (RandAugment, erasing, mixup/cutmix, drop path) N workers train exactly as
+one worker with N x the accumulation. Those steps draw from the global RNGs, which rank 0 seeds
+as a single process does and the other ranks from streams of their own, so their draws differ
+from rank to rank (as the release's per-GPU ones do) and the run is reproducible for a given
+worker count, not across worker counts. The probe head's BatchNorm (tune_blocks 0) keeps
+running statistics per rank; they are averaged over the ranks after every epoch.
 """
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -37,10 +49,11 @@ from timm.optim import param_groups_layer_decay
 from torch import Tensor, nn
 
 from core.checkpoint import save_checkpoint
-from core.classifier import (ClassifierViT, accuracy, build_classifier, load_resume_state, probe_head, rng_state,
-                             seed_epoch, set_rng_state)
+from core.classifier import (ClassifierViT, build_classifier, load_resume_state, probe_head, rng_state, seed_epoch,
+                             set_rng_state, topk_correct)
 from core.data import DataSource, open_dataset
 from core.device import autocast, resolve_device, seed_everything
+from core.distributed import Dist
 from core.eval_config import TIMM_POOL, FinetuneConfig, FinetuneJob
 from core.progress import EpochProgress
 from core.schedule import adjust_learning_rate
@@ -50,6 +63,7 @@ PROTOCOL = "finetune"
 EVAL_BATCH_SIZE = 512  # inference only: any size gives the same numbers
 BETAS = (0.9, 0.999)
 MIXUP_SWITCH_PROB = 0.5  # with both mixup and cutmix on, cutmix for half the batches (the release)
+RANK_STREAM = 0x66696E65  # "fine": keeps the ranks' seeds apart from other seeds of the same numbers
 
 
 def finetune(job: FinetuneJob, encoder: Mapping[str, Tensor] | None, out_dir: Path,
@@ -57,22 +71,30 @@ def finetune(job: FinetuneJob, encoder: Mapping[str, Tensor] | None, out_dir: Pa
     """Fine-tune `encoder` (None or `init="random"`: timm's random initialisation) on `job.data`.
 
     Checkpoints into `out_dir` every `checkpoint_every` epochs and resumes from a good checkpoint
-    found there. Calls `report(metrics)` once per epoch with epoch, train_loss, lr, ft_top1,
-    ft_top5 (test split, percent), ft_val_top1, img_per_s, epoch_time_s; returns the last epoch's.
+    found there. Calls `report(metrics)` once per epoch (on rank 0) with epoch, train_loss, lr,
+    ft_top1, ft_top5 (test split, percent), ft_val_top1, img_per_s, epoch_time_s; returns the last
+    epoch's. Under torch.distributed every rank must see the same `out_dir`.
     """
     cfg = job.finetune
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
+    dist = Dist.current(resolve_device(cfg.device))
+    device = dist.device
+    if dist.is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)  # random init and head init are functions of the seed
+    seed_everything(cfg.seed)  # random init and head init are functions of the seed (the same on every rank)
     source = open_dataset(job.data, img_size=job.model.img_size, in_chans=job.model.in_chans)
     net = build_finetune_model(job, source.num_classes, encoder if cfg.init == "pretrained" else None).to(device)
-    optimizer = torch.optim.AdamW(param_groups(net, cfg), lr=cfg.lr(), betas=BETAS)
-    steps = source.steps_per_epoch("train", cfg.batch_size)
+    optimizer = torch.optim.AdamW(param_groups(net, cfg), lr=cfg.lr(workers=dist.world_size), betas=BETAS)
+    micro_steps = source.steps_per_epoch("train", cfg.batch_size, shard=dist.shard)
+    # Only whole optimizer steps: a tail that cannot fill batch_size x world x accum_iter images
+    # would be lost to the next epoch's zero_grad anyway.
+    steps = micro_steps - micro_steps % cfg.accum_iter
     if steps == 0:
-        raise ValueError(f"batch_size {cfg.batch_size} exceeds the {source.num_samples('train')} training images")
+        global_batch = cfg.batch_size * dist.world_size * cfg.accum_iter
+        raise ValueError(f"batch_size x workers x accum_iter = {cfg.batch_size} x {dist.world_size} x "
+                         f"{cfg.accum_iter} = {global_batch} exceeds the {source.num_samples('train')} training images")
 
     config = job.model_dump(mode="json")
     start_epoch, metrics = 0, {}
@@ -87,21 +109,29 @@ def finetune(job: FinetuneJob, encoder: Mapping[str, Tensor] | None, out_dir: Pa
 
     augment = BatchAugment(cfg, source, device)
     criterion = make_criterion(cfg)
-    forward = torch.compile(net) if cfg.compile else net
+    ddp = dist.wrap_ddp(net)  # frozen parameters (requires_grad False) are not DDP's concern
+    forward = torch.compile(ddp) if cfg.compile else ddp
+    # Evaluation runs the model itself: DDP's forward is for training, and ranks see different
+    # numbers of evaluation batches.
+    infer = forward if ddp is net else (torch.compile(net) if cfg.compile else net)
+    effective_batch = cfg.effective_batch * dist.world_size
     for epoch in range(start_epoch, cfg.epochs):
         start = time.perf_counter()
-        seed_epoch(cfg.seed, epoch)
+        seed_rank_epoch(cfg.seed, epoch, dist.rank)
         train_loss, lr, train_time = train_one_epoch(net, forward, optimizer, source, augment, criterion, job, epoch,
-                                                     device, steps)
-        top1, top5 = evaluate(forward, net, source, "test", cfg, device)
-        val_top1, _ = evaluate(forward, net, source, "val", cfg, device)
+                                                     dist, steps, ddp=ddp)
+        dist.average_buffers(net)  # the probe head's BatchNorm statistics: one model to evaluate and save
+        top1, top5 = evaluate(infer, net, source, "test", cfg, dist)
+        val_top1, _ = evaluate(infer, net, source, "val", cfg, dist)
         metrics = {"epoch": epoch, "train_loss": train_loss, "lr": lr, "ft_top1": top1, "ft_top5": top5,
-                   "ft_val_top1": val_top1, "img_per_s": steps * cfg.batch_size / train_time,
+                   "ft_val_top1": val_top1, "img_per_s": steps * cfg.batch_size * dist.world_size / train_time,
                    "epoch_time_s": time.perf_counter() - start}
-        if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+        if dist.is_main() and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
             save_checkpoint(out_dir, model=net, optimizer=optimizer, epoch=epoch, config=config,
-                            extra={"protocol": PROTOCOL, "metrics": metrics, "rng": rng_state()})
-        if report is not None:
+                            extra={"protocol": PROTOCOL, "metrics": metrics, "rng": rng_state(),
+                                   "workers": dist.world_size, "effective_batch": effective_batch})
+        dist.barrier()  # nobody runs ahead of a checkpoint that is still being written
+        if report is not None and dist.is_main():
             report(metrics)
     return metrics
 
@@ -149,6 +179,16 @@ def param_groups(net: ClassifierViT, cfg: FinetuneConfig) -> list[dict]:
                                     layer_decay=cfg.layer_decay)
 
 
+def seed_rank_epoch(seed: int, epoch: int, rank: int) -> None:
+    """The epoch's global RNGs: rank 0 (and a single process) as `seed_epoch`, every other rank
+    from its own stream, so ranks draw different mixup, erasing and drop-path samples."""
+    if rank == 0:
+        seed_epoch(seed, epoch)
+        return
+    entropy = [seed % 2**64, epoch, rank, RANK_STREAM]
+    seed_everything(int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] % 2**63))
+
+
 def make_criterion(cfg: FinetuneConfig) -> nn.Module:
     if cfg.mixup > 0 or cfg.cutmix > 0:
         return SoftTargetCrossEntropy()  # mixup's targets carry the label smoothing
@@ -160,52 +200,61 @@ def make_criterion(cfg: FinetuneConfig) -> nn.Module:
 # ---- one epoch ------------------------------------------------------------------------------------
 
 def train_one_epoch(net: ClassifierViT, forward: nn.Module, optimizer: torch.optim.Optimizer, source: DataSource,
-                    augment: BatchAugment, criterion: nn.Module, job: FinetuneJob, epoch: int, device: torch.device,
-                    steps: int) -> tuple[float, float, float]:
-    """One epoch; returns mean loss, last lr and seconds."""
+                    augment: BatchAugment, criterion: nn.Module, job: FinetuneJob, epoch: int, dist: Dist,
+                    steps: int, *, ddp: nn.Module | None = None) -> tuple[float, float, float]:
+    """One epoch of this rank's `steps` micro-batches; returns the loss averaged over all ranks, the
+    last lr and seconds. `forward` runs the step (possibly compiled), `ddp` is the DDP wrapper whose
+    `no_sync` skips the all-reduce on non-final accumulation micro-steps (default: `forward`)."""
     cfg = job.finetune
+    device = dist.device
+    ddp = forward if ddp is None else ddp
     train_mode(net)
     loss_sum, lr = 0.0, 0.0
     optimizer.zero_grad(set_to_none=True)
     batches = source.batches("train", batch_size=cfg.batch_size, augmentation=cfg.augmentation, shuffle=True,
-                             seed=cfg.seed, epoch=epoch, device=device)
+                             seed=cfg.seed, epoch=epoch, device=device, shard=dist.shard)
+    peak_lr = cfg.lr(workers=dist.world_size)
     start = time.perf_counter()
     with EpochProgress(f"fine-tune epoch {epoch + 1}/{cfg.epochs}", steps) as progress:
-        for step, (images, labels) in enumerate(batches):
+        for step, (images, labels) in zip(range(steps), batches):
             if step % cfg.accum_iter == 0:
-                lr = adjust_learning_rate(optimizer, step / steps + epoch, cfg)
+                lr = adjust_learning_rate(optimizer, step / steps + epoch, cfg, lr=peak_lr)
             images, targets = augment(images, labels)
-            with autocast(device, cfg.precision):
-                loss = criterion(forward(images), targets)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise FloatingPointError(f"non-finite fine-tuning loss {value} at epoch {epoch}, step {step}")
-            (loss / cfg.accum_iter).backward()
-            if (step + 1) % cfg.accum_iter == 0:
+            last = (step + 1) % cfg.accum_iter == 0
+            with dist.no_sync(ddp, sync=last):
+                with autocast(device, cfg.precision):
+                    loss = criterion(forward(images), targets)
+                value = dist.backward(loss, cfg.accum_iter, "fine-tuning", epoch, step)
+            if last:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             loss_sum += value
             progress.update(loss=value)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return loss_sum / steps, lr, time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    mean_loss = float(dist.all_reduce_mean(torch.tensor(loss_sum / steps, dtype=torch.float64, device=device)))
+    return mean_loss, lr, elapsed
 
 
 @torch.no_grad()
 def evaluate(forward: nn.Module, net: nn.Module, source: DataSource, split: str, cfg: FinetuneConfig,
-             device: torch.device) -> tuple[float, float]:
-    """Top-1 and top-5 (percent) on the un-augmented `split`; NaN when the split is empty."""
+             dist: Dist) -> tuple[float, float]:
+    """Top-1 and top-5 (percent) on the un-augmented `split`, each rank counting its shard of the
+    batches and the counts summed over ranks; NaN when the split is empty."""
     if source.num_samples(split) == 0:
         return float("nan"), float("nan")
     net.eval()
-
-    def logits():
-        for images, labels in source.batches(split, batch_size=EVAL_BATCH_SIZE, augmentation="none", shuffle=False,
-                                             seed=cfg.seed, epoch=0, device=device, drop_last=False):
-            with autocast(device, cfg.precision):
-                yield forward(images), labels
-
-    return accuracy(logits())
+    device = dist.device
+    hits = torch.zeros(3, dtype=torch.float64, device=device)  # top-1 hits, top-5 hits, images
+    for images, labels in source.batches(split, batch_size=EVAL_BATCH_SIZE, augmentation="none", shuffle=False,
+                                         seed=cfg.seed, epoch=0, device=device, drop_last=False, shard=dist.shard):
+        with autocast(device, cfg.precision):
+            logits = forward(images)
+        top1, top5 = topk_correct(logits.float(), labels, (1, 5))
+        hits += torch.tensor([top1, top5, labels.shape[0]], dtype=torch.float64, device=device)
+    top1, top5, total = dist.all_reduce_sum(hits).tolist()
+    return 100.0 * top1 / total, 100.0 * top5 / total
 
 
 # ---- augmentation after the crop -------------------------------------------------------------------
