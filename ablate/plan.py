@@ -5,6 +5,11 @@ A study expands into arms (grid x zip x named arms x partial-fine-tune blocks) a
 partial_finetune, scratch; scratch does not depend on pre-training). A stage is identified by the
 hash of its fully resolved config plus its parent's id, so one pre-training shared by several
 arms or evaluations is one stage, and finished stages are found again by later runs and studies.
+
+With `resources: {workers: N}` (N > 1) pre-training and fine-tuning stages (fine-tune, partial
+fine-tune, scratch) are data-parallel on N workers; linear probing stays on one. The worker count
+of a data-parallel stage is part of its identity: N workers train with N times the batch per
+optimizer step (batch_size x N x accum_iter), so they compute another result than one worker.
 """
 from __future__ import annotations
 
@@ -37,6 +42,9 @@ JOBS: dict[str, tuple[type[BaseModel], str, str]] = {
     "linear_probe": (LinearProbeJob, "probe", "linear_probe"),
     "finetune": (FinetuneJob, "finetune", "finetune"),
 }
+# Runners whose core function is rank-aware (DDP when torch.distributed is initialised). Linear
+# probing is not: it trains a head on features computed once, and runs on one worker.
+DATA_PARALLEL_RUNNERS = frozenset({"pretrain", "finetune"})
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,7 @@ class Stage:
     runner: str  # pretrain | linear_probe | finetune
     config: Mapping[str, Any]  # the job as JSON data: {"model", "data", "pretrain" | "probe" | "finetune"}
     parent: str | None = None
+    workers: int = 1  # data-parallel workers (resources.workers for DATA_PARALLEL_RUNNERS, else 1)
 
     @property
     def recipe(self) -> Mapping[str, Any]:
@@ -67,6 +76,8 @@ class Stage:
         for name, values in self.config.items():
             prefix = section[2] if name == section[1] else name
             out.update({f"{prefix}.{k}": v for k, v in values.items()})
+        if self.workers > 1:
+            out["resources.workers"] = self.workers
         return out
 
 
@@ -94,6 +105,10 @@ class Plan:
     def arms(self) -> list[str]:
         return list(dict.fromkeys(r.arm for r in self.runs))
 
+    def trial_resources(self, stage_id: str) -> str:
+        """What the stage's trial takes, e.g. '2 workers x 1 CPU' or '1 CPU'."""
+        return self.resources.describe(self.stages[stage_id].workers)
+
     @property
     def axis_keys(self) -> list[str]:
         return self.study.varied_keys
@@ -118,11 +133,18 @@ def canonical_json(data: Any) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
-def stage_id(kind: str, config: Mapping[str, Any], parent: str | None) -> str:
-    """`<kind>-<sha256[:12]>` of the resolved config and the parent id. The kind prefix is for
-    people reading folders; it is a function of the config, so it is not hashed."""
-    digest = hashlib.sha256(canonical_json({"config": config, "parent": parent}).encode()).hexdigest()
+def stage_id(kind: str, config: Mapping[str, Any], parent: str | None, workers: int = 1) -> str:
+    """`<kind>-<sha256[:12]>` of the resolved config, the parent id and, for a data-parallel stage,
+    the worker count (left out at 1, so single-worker ids do not depend on it). The kind prefix is
+    for people reading folders; it is a function of the config, so it is not hashed."""
+    identity = {"config": config, "parent": parent, **({"workers": workers} if workers > 1 else {})}
+    digest = hashlib.sha256(canonical_json(identity).encode()).hexdigest()
     return f"{kind}-{digest[:ID_LENGTH]}"
+
+
+def stage_workers(runner: str, resources: Resources) -> int:
+    """Workers a stage of `runner` runs on: resources.workers if it is data-parallel, else 1."""
+    return resources.workers if runner in DATA_PARALLEL_RUNNERS else 1
 
 
 # ---------------------------------------------------------------------------------- arms
@@ -321,14 +343,17 @@ def plan(study: Study, profile: Profile) -> Plan:
 
 
 def _plan(study: Study, profile: Profile) -> Plan:
+    study = study.at(profile.name)  # the study's own changes for this scale, if it has any
     resolver = _Resolver(study, profile)
+    resources = study.resources or profile.resources
     search_values = _search_values(study) if study.search is not None else []
     stages: dict[str, Stage] = {}
     runs: list[ArmRun] = []
 
     def add(kind: str, runner: str, config: dict[str, Any], parent: str | None) -> str:
-        sid = stage_id(kind, config, parent)
-        stages.setdefault(sid, Stage(sid, kind, runner, config, parent))
+        workers = stage_workers(runner, resources)
+        sid = stage_id(kind, config, parent, workers)
+        stages.setdefault(sid, Stage(sid, kind, runner, config, parent, workers))
         return sid
 
     for arm in expand_arms(study):
@@ -365,7 +390,7 @@ def _plan(study: Study, profile: Profile) -> Plan:
             runs.append(ArmRun(arm.name, seed, axes, ids, candidates))
     ordered = {sid: s for sid, s in stages.items() if s.parent is None}
     ordered.update({sid: s for sid, s in stages.items() if s.parent is not None})
-    return Plan(study, profile, tuple(runs), ordered, study.resources or profile.resources)
+    return Plan(study, profile, tuple(runs), ordered, resources)
 
 
 def _candidates(study: Study, runner: str, recipe: dict[str, Any], values: list[float]) -> list[dict[str, Any]]:

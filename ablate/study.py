@@ -82,10 +82,30 @@ class PartialFinetune(Frozen):
 
 
 class Resources(Frozen):
-    """Per trial; a fractional gpu packs several trials on one GPU (Ray does not cap their memory)."""
+    """What one trial takes. With `workers` 1, `cpu` and `gpu` are the trial's (a fractional gpu
+    packs several trials on one GPU; Ray does not cap their memory). With `workers` N > 1 they are
+    per worker: pre-training and fine-tuning stages run data-parallel on N workers of that size
+    (ablate/distributed.py), the other stages on one."""
 
+    workers: int = Field(1, ge=1, strict=True)
     cpu: float = Field(1, gt=0)
     gpu: float = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _whole_gpus(self) -> Resources:
+        if self.workers > 1 and not float(self.gpu).is_integer():
+            raise ValueError(f"with workers > 1 each worker needs whole GPUs (one NCCL rank per GPU), got gpu "
+                             f"{self.gpu:g}")
+        return self
+
+    def per_worker(self) -> dict[str, float]:
+        """Ray resource names -> amounts, for one worker (or the single-worker trial)."""
+        return {"CPU": float(self.cpu), **({"GPU": float(self.gpu)} if self.gpu > 0 else {})}
+
+    def describe(self, workers: int = 1) -> str:
+        """'2 workers x 1 CPU', '10 CPU + 1 GPU': what a trial on `workers` workers takes."""
+        one = " + ".join(f"{amount:g} {name}" for name, amount in self.per_worker().items())
+        return one if workers == 1 else f"{workers} workers x {one}"
 
 
 class Search(Frozen):
@@ -121,6 +141,27 @@ class Search(Frozen):
         return self.param.partition(".")[0]
 
 
+class AtScale(Frozen):
+    """What a study changes at one profile's scale (`profiles: {<profile>: ...}` in the study):
+    a base overlay merged over the study's base, axis values replacing the study's, and the
+    blocks of a partial fine-tune. E.g. decoder widths [128 ... 1024] for the paper but
+    [32 ... 256] on the laptop's 128-wide encoder."""
+
+    base: Overlay = {}
+    axes: dict[str, list[Any]] = {}
+    partial_finetune: PartialFinetune | None = None
+
+    @field_validator("base", mode="before")
+    @classmethod
+    def _base(cls, value: Any) -> Overlay:
+        return normalise_overlay(value, "base")
+
+    @field_validator("axes", mode="before")
+    @classmethod
+    def _axes(cls, value: Any) -> dict[str, list[Any]]:
+        return _grid(value, "axes")
+
+
 class Tracking(Frozen):
     """MLflow: None keeps a sqlite database in the study's output folder."""
 
@@ -128,7 +169,7 @@ class Tracking(Frozen):
 
 
 class Study(Frozen):
-    name: str = Field(pattern=NAME_PATTERN)
+    name: str = Field(pattern=NAME_PATTERN, max_length=100)  # a folder name: the OS refuses 256+ bytes
     description: str = ""
     base: Overlay = {}
     axes: dict[str, list[Any]] = {}
@@ -142,6 +183,7 @@ class Study(Frozen):
     tracking: Tracking = Tracking()
     figures: list[str] = []
     tables: list[str] = []
+    profiles: dict[str, AtScale] = {}  # profile name -> what changes at its scale
 
     _source: Path | None = PrivateAttr(None)
 
@@ -165,16 +207,7 @@ class Study(Frozen):
     @field_validator("axes", "zip", mode="before")
     @classmethod
     def _grid(cls, value: Any, info) -> dict[str, list[Any]]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise StudyError(None, info.field_name, f"expected a mapping of dotted key -> list of values, "
-                                                    f"got {type(value).__name__}")
-        for key, values in value.items():
-            split_key(key, f"{info.field_name}.{key}")
-            if not isinstance(values, list) or not values:
-                raise StudyError(None, f"{info.field_name}.{key}", "expected a non-empty list of values")
-        return value
+        return _grid(value, info.field_name)
 
     @field_validator("evaluations", "seeds", "figures", "tables")
     @classmethod
@@ -206,6 +239,13 @@ class Study(Frozen):
         if ("partial_finetune" in self.evaluations) != (self.partial_finetune is not None):
             raise StudyError(None, "partial_finetune", "give `partial_finetune: {blocks: [...]}` exactly when "
                                                        "'partial_finetune' is in evaluations")
+        for name, scale in self.profiles.items():
+            extra = sorted(set(scale.axes) - set(self.axes))
+            if extra:
+                raise StudyError(None, f"profiles.{name}.axes.{extra[0]}", "not an axis of the study; a profile "
+                                 f"replaces the values of: {', '.join(self.axes) or 'no axes'}")
+            if scale.partial_finetune is not None and self.partial_finetune is None:
+                raise StudyError(None, f"profiles.{name}.partial_finetune", "the study has no partial_finetune")
         if self.search is not None and self.search.section not in self.evaluations:
             raise StudyError(None, "search.param", f"searches {self.search.param} but '{self.search.section}' is not "
                                                    f"in evaluations")
@@ -214,6 +254,17 @@ class Study(Frozen):
     @property
     def source(self) -> Path | None:
         return self._source
+
+    def at(self, profile: str) -> Study:
+        """This study at one profile's scale: its `profiles` entry for that name applied."""
+        scale = self.profiles.get(profile)
+        if scale is None:
+            return self
+        base = {section: dict(fields) for section, fields in self.base.items()}
+        for section, fields in scale.base.items():
+            base.setdefault(section, {}).update(fields)
+        return self.model_copy(update={"base": base, "axes": {**self.axes, **scale.axes},
+                                       "partial_finetune": scale.partial_finetune or self.partial_finetune})
 
     @property
     def varied_keys(self) -> list[str]:
@@ -224,6 +275,19 @@ class Study(Frozen):
         if self.partial_finetune is not None:
             keys.append("finetune.tune_blocks")
         return list(dict.fromkeys(keys))
+
+
+def _grid(value: Any, field: str) -> dict[str, list[Any]]:
+    """axes / zip: dotted key -> a non-empty list of values."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise StudyError(None, field, f"expected a mapping of dotted key -> list of values, got {type(value).__name__}")
+    for key, values in value.items():
+        split_key(key, f"{field}.{key}")
+        if not isinstance(values, list) or not values:
+            raise StudyError(None, f"{field}.{key}", "expected a non-empty list of values")
+    return value
 
 
 def _check_names(value: list[str], field: str, module: str, table: str) -> list[str]:

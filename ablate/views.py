@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -21,11 +22,27 @@ def duration(seconds: float | None) -> str:
     return f"{seconds / 60:.1f} min" if seconds < 6000 else f"{seconds / 3600:,.1f} h"
 
 
-def parallel_trials(plan: Plan) -> int:
-    """Trials at once on this machine (gpu trials: per GPU, as fractions allow)."""
-    if plan.resources.gpu > 0:
-        return max(1, math.floor(1 / plan.resources.gpu + 1e-9))
-    return max(1, math.floor(len(os.sched_getaffinity(0)) / plan.resources.cpu + 1e-9))
+def parallel_trials(plan: Plan, workers: int = 1) -> int:
+    """Trials of `workers` workers at once on this machine (gpu trials: on one GPU, as fractions
+    allow; a data-parallel trial whose workers need more than the machine has counts as one)."""
+    r = plan.resources
+    if r.gpu > 0:
+        return max(1, math.floor(1 / (r.gpu * workers) + 1e-9))
+    return max(1, math.floor(len(os.sched_getaffinity(0)) / (r.cpu * workers) + 1e-9))
+
+
+def resources_summary(plan: Plan) -> str:
+    """Which stage kinds take which trial resources, e.g. 'pretrain, finetune on 2 workers x 1 CPU;
+    linear_probe on 1 CPU'."""
+    kinds: dict[int, list[str]] = {}
+    for stage in plan.stages.values():
+        names = kinds.setdefault(stage.workers, [])
+        if stage.kind not in names:
+            names.append(stage.kind)
+    if len(kinds) <= 1:
+        return f"per trial {plan.resources.describe(next(iter(kinds), 1))}"
+    return "; ".join(f"{', '.join(names)} on {plan.resources.describe(workers)}"
+                     for workers, names in sorted(kinds.items(), reverse=True))
 
 
 def plan_table(plan: Plan, out_root: Path, console: Console) -> None:
@@ -34,36 +51,43 @@ def plan_table(plan: Plan, out_root: Path, console: Console) -> None:
     console.print(f"study {study.name}: {study.description}".rstrip(": "))
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column, justify in (("arm", "left"), ("seed", "right"), ("stage", "left"), ("stage id", "left"),
-                            ("state", "left"), ("images", "right"), ("~time", "right")):
-        table.add_column(column, justify=justify, no_wrap=column in ("stage id", "images"))
+                            ("state", "left"), ("resources", "left"), ("images", "right"), ("~time", "right")):
+        table.add_column(column, justify=justify, no_wrap=column in ("stage id", "resources", "images"))
     seen: set[str] = set()
-    todo_images, todo_seconds, unknown = 0, 0.0, False
+    todo_images, unknown = 0, False
+    todo_seconds: dict[int, float] = {}  # per worker count: trials of different sizes pack differently
     for run in plan.runs:
         named = list(run.stages.items()) + [(f"{name}#{i + 1}", sid) for name, ids in run.candidates.items()
                                             for i, sid in enumerate(ids)]
         for name, sid in named:
             cost = estimate(plan.stages[sid], plan.profile)
             state = states[sid] if sid not in seen else f"{states[sid]}, shared"
+            workers = plan.stages[sid].workers
             if sid not in seen and states[sid] != store.DONE:
                 todo_images += cost.images
                 unknown |= cost.seconds is None
-                todo_seconds += cost.seconds or 0.0
+                todo_seconds[workers] = todo_seconds.get(workers, 0.0) + (cost.seconds or 0.0)
             seen.add(sid)
-            table.add_row(run.arm, str(run.seed), name, sid, state, f"{cost.images:,}", duration(cost.seconds))
+            table.add_row(run.arm, str(run.seed), name, sid, state, plan.trial_resources(sid), f"{cost.images:,}",
+                          duration(cost.seconds))
     console.print(table)
     counts = {s: list(states.values()).count(s) for s in (store.DONE, store.FAILED, store.BLOCKED, store.PENDING)}
     console.print(f"{len(plan.arms)} arm(s) x {len(study.seeds)} seed(s): {len(plan.stages)} distinct stages, "
                   f"{counts[store.DONE]} done, {counts[store.FAILED]} failed, {counts[store.BLOCKED]} blocked, "
-                  f"{counts[store.PENDING]} to run; per trial {plan.resources.cpu:g} cpu, {plan.resources.gpu:g} gpu")
-    slots = parallel_trials(plan)
+                  f"{counts[store.PENDING]} to run; {resources_summary(plan)}")
+    slots = {workers: parallel_trials(plan, workers) for workers in todo_seconds}
     speed = ", ".join(f"{k} {v:g} img/s" for k, v in plan.profile.throughput.items()) or "none given"
     if unknown:
         timing = "time unknown: the profile has no measured speed for this model variant"
     else:
-        timing = (f"~{duration(todo_seconds)} of trial time, about {duration(todo_seconds / slots)} with {slots} "
-                  f"trial(s) at once, plus Ray start-up and about 10 s per stage")
+        size = {w: "" if len(slots) == 1 else "single-worker " if w == 1 else f"{w}-worker " for w in slots}
+        at_once = " and ".join(f"{n} {size[w]}trial(s)" for w, n in sorted(slots.items())) or "1 trial(s)"
+        wall = sum(seconds / slots[w] for w, seconds in todo_seconds.items())
+        timing = (f"~{duration(sum(todo_seconds.values()))} of trial time, about {duration(wall)} with {at_once} "
+                  f"at once, plus Ray start-up and about 10 s per stage"
+                  f"{' (20 s more to start a data-parallel one)' if any(w > 1 for w in slots) else ''}")
     console.print(f"to run: {todo_images:,} images; {timing}. Speeds (profile {plan.profile.name}, MAE "
-                  f"pre-training): {speed}.")
+                  f"pre-training, one worker): {speed}.")
     console.print(f"stage folders: {store.stages_root(out_root)}/<stage id>/ (nothing was run or written)")
 
 
@@ -86,6 +110,10 @@ def status_table(plan: Plan, out_root: Path, console: Console) -> None:
                       arms[0] if len(arms) == 1 else f"{len(arms)} arms", states[sid],
                       f"{reported}/{stage.epochs}", detail[:120])
     console.print(table)
+    for sid in plan.stages:  # what the stage's own code warned about while it ran (its folder's warnings.jsonl)
+        for note in store.warnings(out_root, sid):
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(note.get("time", 0))))
+            console.print(f"warning {sid} ({stamp}): {note['message']}")
     counts = {s: list(states.values()).count(s) for s in (store.DONE, store.FAILED, store.BLOCKED, store.PENDING)}
     console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + f" of {len(states)} stages "
                   f"(store: {store.stages_root(out_root)})")

@@ -102,6 +102,11 @@ BAD = {
     "search on the test metric": ("name: s\nevaluations: [finetune]\nsearch: {param: finetune.blr, low: 1.0e-4, "
                                   "high: 1.0e-3, log: true, metric: ft_top1}\n", ["search.metric", "ft_val_top1"]),
     "seed not an integer": ("name: s\nseeds: [zero]\n", ["seeds[0]", "integer"]),
+    "profile overlay on a key that is no axis": ("name: s\naxes:\n  model.mask_ratio: [0.5]\nprofiles:\n  tiny: "
+                                                 "{axes: {model.depth: [2]}}\n",
+                                                 ["profiles.tiny.axes.model.depth", "not an axis", "model.mask_ratio"]),
+    "profile overlay breaks the config": ("name: s\nprofiles:\n  tiny: {base: {model: {img_size: 30}}}\n",
+                                          ["not divisible by patch_size"]),
 }
 
 
@@ -188,3 +193,18 @@ def test_seed_keys_come_from_the_seeds_list(workdir):
     assert result.exit_code == 2
     assert result.stderr.strip() == f"{study}: axes.pretrain.seed[0]: seeds are set by the study's `seeds: [...]` " \
                                     f"list, not per key"
+
+
+def test_a_study_changes_what_it_names_at_a_profile_scale(workdir):
+    """`profiles: {<name>: ...}` in a study applies only when that profile runs."""
+    study = workdir / "scaled.yaml"
+    study.write_text("name: scaled\naxes:\n  model.mask_ratio: [0.5, 0.75]\nprofiles:\n"
+                     "  tiny: {base: {model: {decoder_depth: 2}}, axes: {model.mask_ratio: [0.25, 0.5, 0.9]}}\n"
+                     "  elsewhere: {axes: {model.mask_ratio: [0.1]}}\nevaluations: [linear_probe]\n")
+    s = load_study(study)
+    scaled = plan(s, load_profile("tiny", s.source))
+    assert [run.arm for run in scaled.runs] == ["mask_ratio=0.25", "mask_ratio=0.5", "mask_ratio=0.9"]
+    assert all(stage.config["model"]["decoder_depth"] == 2 for stage in scaled.stages.values())
+    assert scaled.study.source == study
+    plain = plan(s.model_copy(update={"profiles": {}}), load_profile("tiny", s.source))
+    assert [run.arm for run in plain.runs] == ["mask_ratio=0.5", "mask_ratio=0.75"]
