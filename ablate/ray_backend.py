@@ -1,11 +1,22 @@
-"""Where stages run: Ray Tune trials, one `tune.Tuner` per wave of runnable stages.
+"""Where stages run: Ray Tune trials, one `tune.Tuner` for all the stages a run can reach.
 
 Imports from `ray.tune` only (environment.md: mixing in `ray.train` objects fails in confusing
-ways). A wave is every pending stage whose parent is done; its trials are a grid over stage ids,
-each running `ablate.stages.run_stage` with the study's resources, `reuse_actors=True` and
-`FailureConfig(max_failures=2)`: a crashed worker is retried and the stage resumes from its own
-checkpoint. Deterministic failures (a non-finite loss) are not retried. No `Tuner.restore`:
-the stage store makes rerunning the same command the resume.
+ways). The stages are not a grid but a graph (pre-training, then its evaluations), so the Tuner's
+search algorithm is `StageOrder`: it suggests a stage the moment its parent is done, and never
+one whose parent failed. An evaluation therefore starts as soon as its own pre-training ends,
+not when the slowest pre-training of the study does, and one Tuner (one set of reused actors)
+serves the whole run. Each trial runs `ablate.stages.run_stage` with the study's resources,
+`reuse_actors=True` and `FailureConfig(max_failures=2)`: a crashed worker is retried and the
+stage resumes from its own checkpoint. Deterministic failures (a non-finite loss) are not
+retried. No `Tuner.restore`: the stage store makes rerunning the same command the resume.
+
+Data-parallel stages (`stage.workers` > 1) run their engine under Ray Train's TorchTrainer from
+inside their trial (ablate/distributed.py). Such a trial only waits and relays rank 0's metrics to
+`tune.report`, so it holds next to nothing (`DRIVER_BUNDLE`): its workers, placed by Ray Train in
+a placement group of their own, hold the CPUs and GPUs. Tune does not see those, so a run with
+data-parallel stages runs at most as many trials at once as the cluster can place
+(`concurrent_trials`); a data-parallel trial started anyway waits inside Ray Train, holding nothing.
+Before anything starts, a trial the live nodes can never place is refused (ClusterTooSmall).
 """
 from __future__ import annotations
 
@@ -18,15 +29,20 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ray import tune
+from ray.tune.search import Searcher
 
 from ablate import store
-from ablate.errors import CannotRun
+from ablate.errors import CannotRun, ClusterTooSmall
 from ablate.events import Listeners
 from ablate.plan import Stage
-from ablate.stages import FAULT_ENV
+from ablate.stages import FAULT_ENV, Launch
 from ablate.study import Resources
 
 MAX_FAILURES = 2
+# What a data-parallel trial itself holds while its workers train: Tune refuses an all-zero
+# request, and any CPU fraction would be missing when the workers need every CPU of a node. One
+# byte of Ray's `memory` resource (every node has it) takes nothing anybody needs.
+DRIVER_BUNDLE = {"memory": 1}
 PHASE = "ablate_phase"  # epoch | done | failed, in every result a trial reports
 STAGE = "ablate_stage_id"
 # Keys Tune adds to every result; not ours to log.
@@ -47,6 +63,7 @@ class TrialContext:
     stages: Mapping[str, Stage]
     threads: int
     fault: str | None
+    resources: Resources = Resources()  # per worker of a data-parallel stage
 
 
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
@@ -60,11 +77,104 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
 
     try:
         result = run_stage(stage, Path(context.out_root), report, threads=context.threads,
-                           fault=Fault(context.fault))
+                           fault=Fault(context.fault), launch=_data_parallel(stage, context.resources))
     except StageFailed as e:  # deterministic: report it and end the trial normally (no retry)
         tune.report({PHASE: "failed", STAGE: stage.id, "error": str(e)[:2000]})
         return
     tune.report({**result, PHASE: "done", STAGE: stage.id})
+
+
+def _data_parallel(stage: Stage, resources: Resources) -> Launch | None:
+    """The stage's launch on `stage.workers` Ray Train workers; None (in process) for one worker."""
+    if stage.workers == 1:
+        return None
+    from ablate.distributed import run_data_parallel
+
+    def launch(engine, job, out_dir, report):
+        return run_data_parallel(engine, job, out_dir, workers=stage.workers, cpus_per_worker=resources.cpu,
+                                 gpus_per_worker=resources.gpu, report=report)
+
+    return launch
+
+
+class TrialResources:
+    """Per trial (`tune.with_resources` takes a callable of the trial's config): a single-worker
+    stage holds the study's resources; a data-parallel one `DRIVER_BUNDLE`, its workers the rest."""
+
+    def __init__(self, stages: Sequence[Stage], resources: Resources) -> None:
+        self.workers = {stage.id: stage.workers for stage in stages}
+        self.resources = resources
+
+    def __call__(self, config: dict[str, Any]) -> tune.PlacementGroupFactory:
+        if self.workers[config["stage_id"]] > 1:
+            return tune.PlacementGroupFactory([DRIVER_BUNDLE])
+        return tune.PlacementGroupFactory([self.resources.per_worker()])
+
+
+def check_cluster(stages: Sequence[Stage], resources: Resources) -> None:
+    """Raise ClusterTooSmall, in one line, when the connected cluster can never run some trial of the wave."""
+    from ablate.distributed import check_cluster as check
+
+    for workers in sorted({s.workers for s in stages}, reverse=True):
+        try:
+            check(workers, resources.per_worker())
+        except ValueError as e:
+            raise ClusterTooSmall(str(e)) from None
+
+
+def concurrent_trials(stages: Sequence[Stage], resources: Resources, limit: int | None) -> int | None:
+    """How many trials of the wave to run at once: `limit`, or with data-parallel stages (whose
+    workers Tune does not count) as many as the cluster places at once; None leaves it to Tune."""
+    if limit is not None or all(s.workers == 1 for s in stages):
+        return limit
+    from ablate.distributed import trials_that_fit
+
+    sizes = {s.workers for s in stages}
+    return max(1, sum(trials_that_fit(workers, resources.per_worker()) for workers in sizes))
+
+
+class StageOrder(Searcher):
+    """Tune's search algorithm over a study's stage graph: each `suggest` hands out a stage whose
+    parent is done (pre-trainings first, they unlock the most), None while the only stages left
+    wait for a running parent, and FINISHED when none is left: stages below a parent that failed
+    are never started (the runner marks them blocked)."""
+
+    def __init__(self, stages: Sequence[Stage], out_root: Path) -> None:
+        super().__init__()
+        self.waiting = sorted(stages, key=lambda s: s.kind != "pretrain")  # stable: plan order within a kind
+        self.ours = {s.id for s in stages}
+        self.out_root = Path(out_root)
+        self.ended: dict[str, bool] = {}  # stage id -> ended done
+        self.trials: dict[str, str] = {}  # Tune trial id -> stage id
+
+    def _parent(self, stage: Stage) -> bool | None:
+        """True: the parent is done; False: it ended otherwise (or was dropped); None: not yet."""
+        if stage.parent is None:
+            return True
+        if stage.parent not in self.ours:  # finished before this run (the runner only passes those)
+            return store.state(self.out_root, stage.parent) == store.DONE
+        return self.ended.get(stage.parent)
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        for stage in self.waiting:
+            if self._parent(stage):
+                self.waiting.remove(stage)
+                self.trials[trial_id] = stage.id
+                return {"stage_id": stage.id}
+        dropped = True
+        while dropped:  # a stage whose parent will never be done is dropped, and so are its own children
+            dropped = False
+            for stage in list(self.waiting):
+                if self._parent(stage) is False:
+                    self.waiting.remove(stage)
+                    self.ended[stage.id] = False
+                    dropped = True
+        return None if self.waiting else Searcher.FINISHED
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        sid = self.trials.get(trial_id)
+        if sid is not None:
+            self.ended[sid] = store.state(self.out_root, sid) == store.DONE
 
 
 def metrics_of(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -158,6 +268,12 @@ class RayBackend:
             ray.shutdown()
             self._started = False
 
+    def admit(self, stages: Sequence[Stage], resources: Resources) -> None:
+        """Join (or start) Ray and refuse, with ClusterTooSmall, a trial its nodes can never place."""
+        if stages:
+            self._ensure_ray()
+            check_cluster(stages, resources)
+
     def run_wave(self, wave: int, stages: Sequence[Stage], all_stages: Mapping[str, Stage], *, out_root: Path,
                  resources: Resources, listeners: Listeners, experiment_dir: Path) -> None:
         """Run one wave of stages to the end; each ends done or failed in the store.
@@ -165,6 +281,7 @@ class RayBackend:
         Raises Interrupted when Ctrl-C stopped it (Tune stops its trials on the first one).
         """
         self._ensure_ray()
+        check_cluster(stages, resources)  # before anything starts: a trial that can never run is refused
         # Tune's own CSV/JSON/TensorBoard loggers would duplicate what the store and MLflow keep.
         os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the new output engine prints a box even at verbose=0
@@ -175,15 +292,17 @@ class RayBackend:
         logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
         listeners.wave_started(wave, [s.id for s in stages])
         context = TrialContext(str(Path(out_root).resolve()), dict(all_stages), threads=max(1, int(resources.cpu)),
-                               fault=os.environ.get(FAULT_ENV))
+                               fault=os.environ.get(FAULT_ENV), resources=resources)
         trainable = tune.with_resources(tune.with_parameters(run_trial, context=context),
-                                        {"cpu": resources.cpu, "gpu": resources.gpu})
+                                        TrialResources(stages, resources))
         events = StageEvents(listeners, Path(out_root))
+        at_once = concurrent_trials(stages, resources, self.max_concurrent)
+        order = StageOrder(stages, Path(out_root))
         name = f"wave{wave}-{time.strftime('%Y%m%d-%H%M%S')}"
         tuner = tune.Tuner(
             trainable,
-            param_space={"stage_id": tune.grid_search([s.id for s in stages])},
-            tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=self.max_concurrent,
+            tune_config=tune.TuneConfig(search_alg=order, num_samples=len(stages),
+                                        reuse_actors=True, max_concurrent_trials=at_once,
                                         trial_name_creator=lambda t: t.config["stage_id"],
                                         trial_dirname_creator=lambda t: t.config["stage_id"]),
             run_config=tune.RunConfig(
@@ -202,6 +321,7 @@ class RayBackend:
             # Tune's experiment folder is only needed by Tuner.restore, which we never use: the
             # stage store is the state (and each stage's error.txt keeps its trial's error).
             shutil.rmtree(Path(experiment_dir) / name, ignore_errors=True)
-        unfinished = [s.id for s in stages if s.id not in events.ended]
+        # Neither ended nor dropped below a failed parent: Tune stopped early (SIGINT).
+        unfinished = [s.id for s in stages if s.id not in events.ended and s.id not in order.ended]
         if unfinished:  # Tune stops its trials on SIGINT and returns without finishing them
             raise Interrupted()

@@ -5,10 +5,11 @@ short continue from their checkpoints, failed ones stay failed unless `rerun_fai
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 from rich.console import Console
 
@@ -28,6 +29,9 @@ class Backend(Protocol):
 
     def __exit__(self, *exc: object) -> None: ...
 
+    def admit(self, stages: Sequence[Stage], resources: Resources) -> None:
+        """Raise CannotRun when these stages can never run here (e.g. ClusterTooSmall)."""
+
     def run_wave(self, wave: int, stages: Sequence[Stage], all_stages: dict[str, Stage], *, out_root: Path,
                  resources: Resources, listeners: Listeners, experiment_dir: Path) -> None: ...
 
@@ -46,8 +50,14 @@ class Outcome:
 
 
 def runnable(plan: Plan, states: dict[str, str]) -> list[Stage]:
-    return [s for s in plan.stages.values()
-            if states[s.id] == store.PENDING and (s.parent is None or states[s.parent] == store.DONE)]
+    """Every pending stage this run can reach: its parent is done or is itself one of them (the
+    backend starts each as soon as its parent is done)."""
+    reachable: dict[str, Stage] = {}
+    for s in plan.stages.values():  # plan order: a parent before its children
+        if states[s.id] == store.PENDING and (s.parent is None or states[s.parent] == store.DONE
+                                               or s.parent in reachable):
+            reachable[s.id] = s
+    return list(reachable.values())
 
 
 def current_states(plan: Plan, out_root: Path) -> dict[str, str]:
@@ -56,10 +66,44 @@ def current_states(plan: Plan, out_root: Path) -> dict[str, str]:
 
 def run_study(plan: Plan, out_root: Path = store.DEFAULT_OUT, *, backend: Backend | None = None,
               rerun_failed: bool = False, console: Console | None = None) -> Outcome:
-    out_root = Path(out_root)
-    console = console or Console()
+    """Run the plan's runnable stages wave by wave, then write tables and the report.
+
+    A full or read-only disk (store.STORAGE_ERRNOS) stops the study with CannotRun, one line:
+    every file is written atomically, so finished stages are kept, the others stay pending with
+    their last good checkpoint, and the same command resumes once there is space.
+    """
+    try:
+        return _run_study(plan, Path(out_root), backend=backend, rerun_failed=rerun_failed,
+                          console=console or Console())
+    except CannotRun:
+        raise
+    except Exception as e:
+        error = store.storage_error(e)
+        if error is None:
+            raise
+        raise CannotRun(storage_message(error, Path(out_root))) from e
+
+
+def storage_message(error: OSError, out_root: Path) -> str:
+    where = f"cannot write {error.filename}" if error.filename else f"cannot write under {out_root.absolute()}"
+    return (f"{where}: {error.strerror or error}; free some space (or make it writable) and run the same command "
+            f"again: finished stages are kept and the others resume from their last checkpoint")
+
+
+def _run_study(plan: Plan, out_root: Path, *, backend: Backend | None, rerun_failed: bool,
+               console: Console) -> Outcome:
     study_dir = store.study_dir(out_root, plan.study.name)
     states = current_states(plan, out_root)
+    if backend is None:
+        from ablate.ray_backend import RayBackend
+        backend = RayBackend()
+    # a trial the cluster can never place is refused before the study folder or its MLflow run exist
+    backend.admit(runnable(plan, states), plan.resources)
+    tracker = StudyTracker(plan, out_root, study_dir)
+    try:
+        tracker.open()  # the database exists before any trial starts; nothing is created if it cannot be opened
+    except Exception as e:  # noqa: BLE001 - any store error: say where, in one line
+        raise CannotRun(f"tracking store {tracker.uri}: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
     if rerun_failed:
         for sid, state in states.items():
             if state == store.FAILED:
@@ -69,19 +113,11 @@ def run_study(plan: Plan, out_root: Path = store.DEFAULT_OUT, *, backend: Backen
     store.write_json_atomic(study_dir / RUN_INFO, {
         "study": plan.study.name, "study_file": str(plan.study.source or ""), "profile": plan.profile.name,
         "profile_file": str(plan.profile.source or ""), "out_root": str(out_root), "started_at": time.strftime("%c")})
-
-    tracker = StudyTracker(plan, out_root, study_dir)
-    try:
-        tracker.open()  # the database exists before any trial starts
-    except Exception as e:  # noqa: BLE001 - any store error: say where, in one line
-        raise CannotRun(f"tracking store {tracker.uri}: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
-    tracker.backfill(states)
-    view = LiveView(plan, states, console=console)
-    listeners = Listeners([tracker, view], warn=lambda text: console.print(text, style="yellow"))
+    tracker.backfill(states)  # runs a killed driver left RUNNING are brought in line with the store
+    view = LiveView(plan, states, console=console, out_root=out_root)
     outcome = Outcome(study_dir, states, mlflow=tracker.info())
-    if backend is None:
-        from ablate.ray_backend import RayBackend
-        backend = RayBackend()
+    partial = PartialReport(lambda: _publish(plan, out_root, study_dir, outcome, tracker, final=False, console=console))
+    listeners = Listeners([tracker, view, partial], warn=lambda text: console.print(text, style="yellow"))
     from ablate.ray_backend import Interrupted
 
     try:
@@ -92,8 +128,10 @@ def run_study(plan: Plan, out_root: Path = store.DEFAULT_OUT, *, backend: Backen
                 backend.run_wave(wave, todo, dict(plan.stages), out_root=out_root, resources=plan.resources,
                                  listeners=listeners, experiment_dir=study_dir / "ray")
                 outcome.ran += [s.id for s in todo]
-                for stage in todo:  # a stage must end done or failed, or the next wave would retry it
-                    if store.state(out_root, stage.id) == store.PENDING:
+                check_writable(store.stages_root(out_root), study_dir)  # a full disk fails every stage alike
+                for stage in todo:  # a stage that could run must end done or failed, or the next wave would retry it
+                    could_run = stage.parent is None or store.state(out_root, stage.parent) == store.DONE
+                    if could_run and store.state(out_root, stage.id) == store.PENDING:
                         store.write_error(store.stage_dir(out_root, stage.id),
                                           "the trial ended without a result or an error")
                 states = current_states(plan, out_root)
@@ -103,10 +141,10 @@ def run_study(plan: Plan, out_root: Path = store.DEFAULT_OUT, *, backend: Backen
         outcome.interrupted = True
         outcome.states = current_states(plan, out_root)
         _publish(plan, out_root, study_dir, outcome, tracker, final=True, console=console)
-        tracker.close("KILLED")
+        _tracking(console, tracker.close, "KILLED")
         return outcome
     except BaseException:
-        tracker.close("FAILED")
+        _tracking(console, tracker.close, "FAILED", quiet=True)  # the error that stopped the study is the news
         raise
     outcome.states = current_states(plan, out_root)
     _publish(plan, out_root, study_dir, outcome, tracker, final=True, console=console)
@@ -115,9 +153,60 @@ def run_study(plan: Plan, out_root: Path = store.DEFAULT_OUT, *, backend: Backen
     except OSError:
         pass
     failed = outcome.count(store.FAILED) + outcome.count(store.BLOCKED)
-    tracker.log_study_metrics({k: outcome.count(k) for k in (store.DONE, store.FAILED, store.BLOCKED)})
-    tracker.close("FAILED" if failed else "FINISHED")
+    _tracking(console, tracker.log_study_metrics, {k: outcome.count(k) for k in (store.DONE, store.FAILED, store.BLOCKED)})
+    _tracking(console, tracker.close, "FAILED" if failed else "FINISHED")
     return outcome
+
+
+def check_writable(*folders: Path) -> None:
+    """Raise the OSError of a disk that refuses a small write (full, over quota, read-only)."""
+    for folder in folders:
+        probe = Path(folder) / ".write-probe"
+        try:
+            with probe.open("wb") as f:
+                f.write(bytes(4096))
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            try:
+                probe.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+
+def _tracking(console: Console, call, *args, quiet: bool = False) -> None:
+    """A closing call to the tracking store: a failure is one warning line, never the study's end
+    (runs it leaves RUNNING are brought in line by the next run, StudyTracker.backfill)."""
+    try:
+        call(*args)
+    except Exception as e:  # noqa: BLE001 - e.g. the database's disk is full
+        if not quiet:
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            console.print(f"warning: MLflow could not be updated ({type(e).__name__}: {first}); the next run of "
+                          f"this study brings its runs up to date", style="yellow")
+
+
+class PartialReport:
+    """Redraws the tables and the report when a stage ends, at most once every `every_s` seconds,
+    so that a long study shows its partial results while it runs (drawing takes a few seconds of
+    the driver's time; the trials run on meanwhile)."""
+
+    def __init__(self, publish: Callable[[], None], every_s: float = 60.0) -> None:
+        self.publish, self.every_s = publish, every_s
+        self.last = time.monotonic()
+
+    def stage_ended(self, stage_id: str, state: str, error: str | None) -> None:
+        if time.monotonic() - self.last >= self.every_s:
+            self.publish()
+            self.last = time.monotonic()
+
+    def wave_started(self, wave: int, stage_ids: Sequence[str]) -> None: ...
+
+    def stage_started(self, stage_id: str) -> None: ...
+
+    def stage_epoch(self, stage_id: str, metrics: dict) -> None: ...
+
+    def stage_retrying(self, stage_id: str, error: str) -> None: ...
 
 
 def _publish(plan: Plan, out_root: Path, study_dir: Path, outcome: Outcome, tracker: StudyTracker, *, final: bool,
@@ -138,7 +227,7 @@ def _publish(plan: Plan, out_root: Path, study_dir: Path, outcome: Outcome, trac
         for source in (plan.study.source, plan.profile.source):
             if source is not None:
                 paths.append(Path(source))
-        tracker.log_study_artifacts(paths)
+        _tracking(console, tracker.log_study_artifacts, paths)
 
 
 def last_profile(study_dir: Path) -> str | None:
