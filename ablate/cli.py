@@ -6,6 +6,7 @@ anything is created.
 """
 from __future__ import annotations
 
+import importlib
 import shutil
 import subprocess
 import sys
@@ -14,18 +15,66 @@ from pathlib import Path
 from typing import Annotated, Iterator, Optional
 
 import typer
+import typer.core
 from rich.console import Console
+from typer.core import TyperGroup
 
-from ablate import store
-from ablate.errors import EXIT_BAD_INPUT, EXIT_CANNOT_RUN, CannotRun, StudyError
+from ablate import preflight, store
+from ablate.errors import EXIT_BAD_INPUT, CannotRun, StudyError
 from ablate.plan import Plan, plan
 from ablate.profiles import DEFAULT_PROFILE, load_profile
 from ablate.study import load_study
 
+# The click typer parses with: typer 0.29 vendors it as `typer._click`, older typers use `click`.
+_CLICK = getattr(typer.core, "_click", None) or importlib.import_module("click")
+click_errors = importlib.import_module(f"{_CLICK.__name__}.exceptions")
+
+
+class OneLineUsage(TyperGroup):
+    """Command-line mistakes (an unknown option or command, a bad option value, a missing argument)
+    as one line on stderr and exit status 2, as a bad study file is, instead of click's usage block."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click_errors.NoArgsIsHelpError as e:  # plain `ablate`: the help, as asked for
+            e.show()
+            sys.exit(e.exit_code)
+        except click_errors.ClickException as e:
+            typer.echo(usage_line(e), err=True)
+            sys.exit(e.exit_code)
+        except click_errors.Abort:
+            typer.echo("aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def usage_line(e: Exception) -> str:
+    """'--bogus: no such option of `ablate run`; allowed: --profile, ...': what, where, what is allowed."""
+    ctx = getattr(e, "ctx", None)
+    command = ctx.command_path if ctx is not None else "ablate"
+    if isinstance(e, click_errors.NoSuchOption) and ctx is not None:
+        allowed = [o for param in ctx.command.params for o in param.opts + param.secondary_opts if o.startswith("-")]
+        return f"{e.option_name}: no such option of `{command}`; allowed: {', '.join([*allowed, '--help'])}"
+    if isinstance(e, click_errors.BadOptionUsage):
+        return f"{e.option_name}: {e.message} (see `{command} --help`)"
+    if isinstance(e, click_errors.BadParameter) and e.param is not None:
+        options = e.param.opts if e.param.param_type_name == "option" else []
+        name = "/".join(options) or (e.param.name or "argument").upper()
+        what = "missing" if isinstance(e, click_errors.MissingParameter) else e.message
+        return f"{name}: {what} (see `{command} --help`)"
+    if ctx is not None and hasattr(ctx.command, "list_commands"):
+        return f"{command}: {e.format_message()} Commands: {', '.join(ctx.command.list_commands(ctx))}"
+    return f"{command}: {e.format_message()} (see `{command} --help`)"
+
+
 app = typer.Typer(
     help="Run the ablation studies of Masked Autoencoders (He et al., 2021) on Ray Tune, tracked in MLflow. "
          "A study file (studies/*.yaml) expands into arms and stages; rerunning `ablate run` resumes it.",
-    no_args_is_help=True, add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False)
+    cls=OneLineUsage, no_args_is_help=True, add_completion=False, rich_markup_mode=None,
+    pretty_exceptions_enable=False)
 
 StudyArg = Annotated[Path, typer.Argument(help="The study file, e.g. studies/masking_ratio.yaml.",
                                           show_default=False)]
@@ -100,13 +149,19 @@ def run(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT
     from ablate.views import outcome_summary
 
     p = load(study, profile)
+    with bad_input():  # before anything is written or started
+        preflight.check_output(out, p.study.name)
+        if address is None:  # on a cluster the trials read the data on their nodes
+            preflight.check_data(p)
     console = _console()
+    for line in preflight.summary(p, out, data_checked=address is None):
+        console.print(line)
     try:
         outcome = run_study(p, out, backend=RayBackend(address, max_concurrent), rerun_failed=rerun_failed,
                             console=console)
     except CannotRun as e:
         typer.echo(f"cannot run {p.study.name}: {e}", err=True)
-        raise typer.Exit(EXIT_CANNOT_RUN) from None
+        raise typer.Exit(e.exit_code) from None
     code = outcome_summary(p, outcome, console, resume=_resume_command(study, profile, out))
     raise typer.Exit(EXIT_INTERRUPTED if outcome.interrupted else code)
 

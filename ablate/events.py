@@ -33,7 +33,10 @@ class Listeners:
             try:
                 getattr(listener, name)(*args)
             except Exception as e:  # noqa: BLE001 - a listener must not take the study down
-                self._warn(f"warning: {type(listener).__name__}.{name} failed ({type(e).__name__}: {e}); "
+                # One line: a database error spans dozens; the one naming the error says most.
+                lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+                what = next((line for line in lines if "Error" in line), lines[0] if lines else "")[:300]
+                self._warn(f"warning: {type(listener).__name__}.{name} failed ({type(e).__name__}: {what}); "
                            f"it is switched off for this run")
                 self._listeners.remove(listener)
 

@@ -3,6 +3,7 @@ stage's epoch and latest metric. A rich table on a terminal; plain lines otherwi
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 from rich.console import Console, Group
@@ -29,8 +30,10 @@ def stage_label(plan: Plan, stage_id: str) -> str:
 
 class LiveView:
     def __init__(self, plan: Plan, states: dict[str, str], console: Console | None = None,
-                 live: bool | None = None):
+                 live: bool | None = None, out_root: Path | None = None):
         self.plan = plan
+        self.out_root = out_root  # where stages record their warnings (ablate/stage_warnings.py)
+        self._warned: set[tuple[float, str]] = set()
         self.states = dict(states)
         self.console = console or Console()
         self.live = self.console.is_terminal if live is None else live
@@ -103,6 +106,7 @@ class LiveView:
         key = HEADLINE.get(self.plan.stages[stage_id].kind)
         if key in metrics:
             info["metric"] = (key, float(metrics[key]))
+        self._show_warnings(stage_id)
         last = info["epoch"] + 1 == self.plan.stages[stage_id].epochs
         if self._live is None and (last or time.time() - info.get("said", 0.0) >= PLAIN_EVERY_S):
             info["said"] = time.time()
@@ -116,9 +120,20 @@ class LiveView:
                   f"({last[-1][:160] if last else 'worker died'}); resuming from its checkpoint")
 
     def stage_ended(self, stage_id: str, state: str, error: str | None) -> None:
+        self._show_warnings(stage_id)
         self.running.pop(stage_id, None)
         self.states[stage_id] = state
         if state == store.FAILED:
             self._say(f"FAILED  {stage_label(self.plan, stage_id)} ({stage_id}): {error or 'see error.txt'}")
         else:
             self._say(f"{state:<7} {stage_label(self.plan, stage_id)} ({self.summary()})")
+
+    def _show_warnings(self, stage_id: str) -> None:
+        """Warnings the stage recorded since this run started (a worker's stderr is not shown)."""
+        if self.out_root is None:
+            return
+        for note in store.warnings(self.out_root, stage_id):
+            key = (float(note.get("time", 0.0)), str(note["message"]))
+            if key[0] >= self.started - 1.0 and key not in self._warned:
+                self._warned.add(key)
+                self._say(f"warning {stage_label(self.plan, stage_id)}: {key[1]}")

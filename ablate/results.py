@@ -130,8 +130,12 @@ def write_tables(plan: Plan, out_root: Path, study_dir: Path) -> tuple[pd.DataFr
     results, history = results_table(plan, out_root), history_table(plan, out_root)
     for df, name in ((results, RESULTS), (history, HISTORY)):
         tmp = study_dir / f".{name}.tmp"
-        df.to_csv(tmp, index=False)
-        tmp.replace(study_dir / name)
+        try:
+            df.to_csv(tmp, index=False)
+            tmp.replace(study_dir / name)
+        except BaseException:  # a full disk leaves the previous table, never half of one
+            tmp.unlink(missing_ok=True)
+            raise
     return results, history
 
 

@@ -3,20 +3,27 @@
 `run_stage` is what a Ray Tune trial calls (ablate/ray_backend.py) and what a test or a debugger
 can call directly. The core functions resume from their own checkpoint in the stage folder, so a
 retried or re-run stage continues where it stopped.
+
+A data-parallel stage (`stage.workers` > 1) runs its engine through the `launch` the caller
+gives (the Ray backend's runs it on Ray Train workers, ablate/distributed.py); everything else
+here (the folder, its lock, metrics.jsonl, result.json, the failure record) stays in the caller's
+process, and rank 0's per-epoch metrics come back to it through `report`.
 """
 from __future__ import annotations
 
 import fcntl
-import json
 import os
+import resource
 import time
 import traceback
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ablate import store
 from ablate.plan import Stage
+from ablate.stage_warnings import recording as recording_warnings
 
 Report = Callable[[dict], None]
 FAULT_ENV = "ABLATE_FAULT"  # test hook, see `Fault`
@@ -78,6 +85,31 @@ CORE_FUNCTIONS: dict[str, Callable[..., dict]] = {
     "pretrain": _pretrain, "linear_probe": _linear_probe, "finetune": _finetune}
 
 
+@dataclass(frozen=True)
+class StageJob:
+    """What a stage's engine needs, small and picklable: it is shipped to every data-parallel
+    worker, which loads the parent's encoder itself (from storage all workers see)."""
+
+    stage: Stage
+    out_root: str
+
+
+def run_engine(job: StageJob, out_dir: Path, report: Report | None) -> dict:
+    """The stage's core function on its parent's encoder: `fn(job, out_dir, report)` as
+    `ablate.distributed.run_data_parallel` runs it on each worker, or in process."""
+    stage = job.stage
+    return CORE_FUNCTIONS[stage.runner](stage.job(), _load_parent_encoder(Path(job.out_root), stage), out_dir, report)
+
+
+Engine = Callable[[StageJob, Path, Report], dict]
+# launch(engine, job, out_dir, report) -> result: where the engine runs (in process, or on workers).
+Launch = Callable[[Engine, StageJob, Path, Report], dict]
+
+
+def in_process(engine: Engine, job: StageJob, out_dir: Path, report: Report) -> dict:
+    return engine(job, out_dir, report)
+
+
 def _load_parent_encoder(out_root: Path, stage: Stage) -> dict | None:
     if stage.parent is None or stage.recipe.get("init") == "random":
         return None
@@ -102,32 +134,37 @@ def _exclusive(folder: Path) -> Iterator[None]:
 
 
 def run_stage(stage: Stage, out_root: Path, report: Report | None = None, *, threads: int | None = None,
-              fault: Fault | None = None) -> dict[str, Any]:
+              fault: Fault | None = None, launch: Launch | None = None) -> dict[str, Any]:
     """Run (or resume) one stage into `<out_root>/stages/<id>/` and return its final metrics.
 
     Each epoch's metrics go to `metrics.jsonl` and to `report`. On success `result.json` is
     written last; on a deterministic failure (PERMANENT_ERRORS, e.g. a non-finite loss)
     `error.txt` is written and StageFailed raised; any other exception is written to `error.txt`
-    too and re-raised, for the caller to retry (a retry starts by removing it).
+    too and re-raised, for the caller to retry (a retry starts by removing it). `launch` runs the
+    engine (default: in this process); a data-parallel stage needs one that places its workers.
     """
+    if stage.workers > 1 and launch is None:
+        raise ValueError(f"{stage.id} is data-parallel on {stage.workers} workers: run it with a `launch` that places "
+                         f"them (ablate.distributed.run_data_parallel), not in process")
     folder = store.stage_dir(out_root, stage.id)
     folder.mkdir(parents=True, exist_ok=True)
     with _exclusive(folder):
         done = store.result(out_root, stage.id)
         if done is not None:  # finished meanwhile by another run sharing the store
             return done
-        return _run_locked(stage, out_root, folder, report, threads, fault or Fault(os.environ.get(FAULT_ENV)))
+        return _run_locked(stage, out_root, folder, report, threads, fault or Fault(os.environ.get(FAULT_ENV)),
+                           launch or in_process)
 
 
 def _run_locked(stage: Stage, out_root: Path, folder: Path, report: Report | None, threads: int | None,
-                fault: Fault) -> dict[str, Any]:
+                fault: Fault, launch: Launch) -> dict[str, Any]:
     (folder / store.ERROR).unlink(missing_ok=True)  # a previous attempt's; this one decides
     store.write_json_atomic(folder / store.CONFIG, dict(stage.config))
     meta = store.read_json(folder / "stage.json") or {"attempts": []}
-    meta.update(id=stage.id, kind=stage.kind, runner=stage.runner, parent=stage.parent)
+    meta.update(id=stage.id, kind=stage.kind, runner=stage.runner, parent=stage.parent, workers=stage.workers)
     meta["attempts"].append({"started_at": _now(), "pid": os.getpid()})
     store.write_json_atomic(folder / "stage.json", meta)
-    if threads and stage.recipe.get("threads") is None:
+    if threads and stage.recipe.get("threads") is None and stage.workers == 1:  # workers set their own
         import torch
         torch.set_num_threads(threads)
 
@@ -135,26 +172,29 @@ def _run_locked(stage: Stage, out_root: Path, folder: Path, report: Report | Non
 
     def on_epoch(metrics: dict) -> None:
         row = {k: _plain(v) for k, v in metrics.items()}
-        with (folder / store.METRICS).open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        store.append_jsonl(folder / store.METRICS, row)
         if report is not None:
             report(row)
         fault.check(stage, folder, int(row.get("epoch", -1)))
 
     try:
-        result = CORE_FUNCTIONS[stage.runner](stage.job(), _load_parent_encoder(out_root, stage), folder, on_epoch)
+        with recording_warnings(folder):  # the worker's stderr never reaches the user; the folder does
+            result = launch(run_engine, StageJob(stage, str(Path(out_root).resolve())), folder, on_epoch)
     except PERMANENT_ERRORS as e:
         store.write_error(folder, traceback.format_exc())
         raise StageFailed(f"{type(e).__name__}: {e}") from e
-    except Exception:
-        store.write_error(folder, traceback.format_exc())
+    except Exception as e:
+        if store.storage_error(e) is None:  # a full or read-only disk is not the stage's failure: it stays pending
+            store.write_error(folder, traceback.format_exc())
         raise
     # SystemExit / KeyboardInterrupt: the run was stopped (Tune stops trials that way on Ctrl-C),
     # the stage did not fail; it stays pending and resumes from its checkpoint.
     result = {k: _plain(v) for k, v in result.items()}
     store.write_json_atomic(folder / store.RESULT, {
         **result, "stage_id": stage.id, "kind": stage.kind, "started_at": meta["attempts"][-1]["started_at"],
-        "finished_at": _now(), "attempt_wall_s": time.time() - started, "attempts": len(meta["attempts"])})
+        "finished_at": _now(), "attempt_wall_s": time.time() - started, "attempts": len(meta["attempts"]),
+        # the peak of the process that ran it (a reused Ray actor: of every stage it ran so far)
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
     return result
 
 

@@ -5,13 +5,19 @@
         metrics.jsonl    one line per reported epoch (a retried epoch appears again; the last counts)
         result.json      final metrics, written atomically last: present = done
         error.txt        why it failed for good (absent while it can still succeed)
+        warnings.jsonl   warnings the stage's own code raised (a damaged checkpoint skipped, ...)
         ...              the core function's own files (checkpoints, encoder.pth, reconstructions.npz)
 
 A stage is done when `result.json` exists, failed when `error.txt` exists without it, pending
 otherwise; rerunning a study is resuming it. The study's own folder is `<out_root>/<study name>/`.
+
+Files are replaced atomically (a temporary file, then a rename; the temporary file is removed when
+the write fails), so a full or read-only disk leaves the previous version or nothing, never half a
+file: an error record that cannot be written leaves the stage pending, and a rerun resumes it.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -20,7 +26,11 @@ from typing import Any, Iterable
 
 DONE, FAILED, PENDING, BLOCKED = "done", "failed", "pending", "blocked"  # blocked: a parent failed
 CONFIG, METRICS, RESULT, ERROR = "config.json", "metrics.jsonl", "result.json", "error.txt"
+WARNINGS = "warnings.jsonl"
 DEFAULT_OUT = Path("runs")
+# The disk refused a write: full, over quota or read-only. Not a stage's fault: nothing to retry
+# until someone frees space, so the study stops and a rerun resumes it.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
 def stages_root(out_root: Path) -> Path:
@@ -35,10 +45,43 @@ def study_dir(out_root: Path, study_name: str) -> Path:
     return Path(out_root) / study_name
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace `path` by `text` in one rename; a failed write removes its temporary file."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    """One JSON line at the end of `path`. A line cut short by a crash or a full disk is ended
+    first, so the new line is never glued onto it (readers skip the cut one)."""
+    with Path(path).open("a+b") as f:
+        f.seek(0, os.SEEK_END)
+        cut = False
+        if f.tell():
+            f.seek(-1, os.SEEK_END)
+            cut = f.read(1) != b"\n"
+        f.write((b"\n" if cut else b"") + json.dumps(row).encode() + b"\n")
+
+
+def storage_error(exc: BaseException | None) -> OSError | None:
+    """The OSError in `exc` or its causes that says the disk refused a write (STORAGE_ERRNOS)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def read_json(path: Path) -> Any | None:
@@ -85,7 +128,7 @@ def error_line(out_root: Path, stage_id: str) -> str:
 
 def write_error(folder: Path, text: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / ERROR).write_text(text if text.endswith("\n") else text + "\n")
+    write_text_atomic(folder / ERROR, text if text.endswith("\n") else text + "\n")
 
 
 def clear_error(folder: Path) -> None:
@@ -108,3 +151,19 @@ def epochs(out_root: Path, stage_id: str) -> list[dict[str, Any]]:
             continue  # a line cut by a crash
         by_epoch[row.get("epoch")] = row
     return [by_epoch[k] for k in sorted(by_epoch, key=lambda e: (e is None, e))]
+
+
+def warnings(out_root: Path, stage_id: str) -> list[dict[str, Any]]:
+    """The warnings a stage recorded (`{"time", "message"}` each), oldest first."""
+    path = stage_dir(out_root, stage_id) / WARNINGS
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and "message" in row:
+            out.append(row)
+    return out

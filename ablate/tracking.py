@@ -5,6 +5,13 @@ workers never open the database: the sqlite file is created here before any tria
 (environment.md: concurrent creation races), and a crash, a retry or a rerun of the study finds
 the same runs again by their tags (`role`, `profile`, `stage_id`) instead of opening new ones.
 MLflow's own Ray integrations are not used: they open a new run per retry or restore.
+
+A stage's run holds one point per metric and step: an epoch reported again (a retry that resumed
+from an older checkpoint, a damaged checkpoint skipped) or a final metric equal to its last
+epoch's is not logged twice. A driver killed outright (SIGKILL, a reboot) leaves runs RUNNING and
+misses the epochs its trials reported after it died; the next run of the study finds those runs,
+logs the missing epochs from the stages' metrics.jsonl and ends them as their stages are
+(`backfill`).
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ PARENT_ROLE, CHILD_ROLE = "study", "stage"
 # pre-training loss gets the stable name the results table uses.
 RENAME = {"pretrain": {"loss": "pretrain_loss"}}
 END_STATUS = {store.DONE: "FINISHED", store.FAILED: "FAILED"}
+LEFT_OPEN = ("RUNNING", "KILLED")  # a run its driver did not end (killed), or ended as interrupted
 
 
 def default_uri(study_dir: Path) -> str:
@@ -33,6 +41,9 @@ def default_uri(study_dir: Path) -> str:
 def _quiet() -> None:
     for name in ("alembic", "mlflow", "sqlalchemy"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # It logs a database error (a full disk) with its traceback and then raises it; the listener
+    # that called it says so in one line (ablate/events.py).
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 class StudyTracker:
@@ -45,6 +56,9 @@ class StudyTracker:
         self.experiment_id: str | None = None
         self.parent_id: str | None = None
         self.children: dict[str, str] = {}  # stage_id -> run id
+        self._status: dict[str, str] = {}  # stage_id -> its run's status when this tracker opened
+        self._created: set[str] = set()  # runs this process created: nothing was logged to them before
+        self._steps: dict[tuple[str, str], set[int]] = {}  # (run id, metric) -> steps logged
 
     # ------------------------------------------------------------------------- opening
     def open(self) -> StudyTracker:
@@ -53,7 +67,8 @@ class StudyTracker:
 
         _quiet()
 
-        self.study_dir.mkdir(parents=True, exist_ok=True)
+        if self.uri.startswith("sqlite:"):  # the database lives in the study's folder
+            self.study_dir.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(tracking_uri=self.uri)
         name = self.plan.study.name
         experiment = self.client.get_experiment_by_name(name)
@@ -66,7 +81,10 @@ class StudyTracker:
                 self.client.restore_experiment(self.experiment_id)
         self.parent_id = self._find_or_create_parent()
         for run in self._search(f"tags.role = '{CHILD_ROLE}' and tags.`mlflow.parentRunId` = '{self.parent_id}'"):
-            self.children.setdefault(run.data.tags.get("stage_id"), run.info.run_id)
+            sid = run.data.tags.get("stage_id")
+            if sid not in self.children:
+                self.children[sid] = run.info.run_id
+                self._status[sid] = run.info.status
         return self
 
     def _search(self, filter_string: str) -> list:
@@ -114,12 +132,17 @@ class StudyTracker:
                 "parent_stage_id": stage.parent or "", "stage_dir": str(store.stage_dir(self.out_root, stage_id).resolve())}
         run_name = f"{arms[0] if len(arms) == 1 else f'{len(arms)} arms'}/{tags['stage']}"
         run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags).info.run_id
+        self._created.add(run_id)
         params = {k: _param(v) for k, v in stage.flat_config().items()}
         params["parent_stage_id"] = stage.parent or "none"
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), PARAM_BATCH):
             self.client.log_batch(run_id, params=items[i:i + PARAM_BATCH])
         self.children[stage_id] = run_id
+        # Epochs the stage reported before it had a run here (a run of another study sharing the
+        # store, a call of run_stage outside Ray) belong to it too.
+        self._log_stage_metrics(run_id, [row for epoch in store.epochs(self.out_root, stage_id)
+                                         for row in self._epoch_rows(stage_id, epoch)])
         return run_id
 
     def _log_metrics(self, run_id: str, rows: Iterable[tuple[str, float, int]]) -> None:
@@ -129,6 +152,20 @@ class StudyTracker:
         items = [Metric(k, float(v), now, int(step)) for k, v, step in rows]
         for i in range(0, len(items), METRIC_BATCH):
             self.client.log_batch(run_id, metrics=items[i:i + METRIC_BATCH])
+
+    def _log_stage_metrics(self, run_id: str, rows: Iterable[tuple[str, float, int]]) -> None:
+        """Log the rows whose (metric, step) the run does not hold yet: one point per metric and step."""
+        fresh = []
+        for key, value, step in rows:
+            steps = self._steps.get((run_id, key))
+            if steps is None:  # a run found again: what it holds is in the store
+                steps = set() if run_id in self._created else {
+                    m.step for m in self.client.get_metric_history(run_id, key)}
+                self._steps[(run_id, key)] = steps
+            if int(step) not in steps:
+                steps.add(int(step))
+                fresh.append((key, value, step))
+        self._log_metrics(run_id, fresh)
 
     def _epoch_rows(self, stage_id: str, metrics: dict[str, Any]) -> list[tuple[str, float, int]]:
         rename = RENAME.get(self.plan.stages[stage_id].kind, {})
@@ -142,10 +179,13 @@ class StudyTracker:
         result = store.result(self.out_root, stage_id) or {}
         final = [(k, v, stage.epochs - 1) for k, v in result.items()
                  if _number(v) and k not in ("epochs", "attempts", "attempt_wall_s", "epoch")]
-        self._log_metrics(run_id, final)
+        self._log_stage_metrics(run_id, final)
         for name in (store.CONFIG, "reconstructions.npz", store.ERROR):
             if (folder / name).is_file():
                 self.client.log_artifact(run_id, str(folder / name))
+        notes = [w["message"] for w in store.warnings(self.out_root, stage_id)]
+        if notes:  # e.g. a damaged checkpoint skipped on resume
+            self.client.set_tag(run_id, "warnings", "\n".join(notes)[-4000:])
         if error:
             self.client.set_tag(run_id, "error", error[:4000])
         elif "error" in self.client.get_run(run_id).data.tags:  # a failed stage that now succeeded
@@ -153,18 +193,31 @@ class StudyTracker:
         self.client.set_terminated(run_id, END_STATUS.get(state, "KILLED"))
 
     def backfill(self, states: dict[str, str]) -> int:
-        """Stages finished earlier (by an earlier run or another study sharing the store) but
-        without a run in this study get one now, from the files in their folder."""
+        """Bring the runs in line with the stage store before anything runs; returns the runs added.
+
+        A stage finished earlier (by an earlier run or another study sharing the store) without a
+        run in this study gets one now, from the files in its folder (tagged `reused`). A run left
+        open (RUNNING: its driver was killed; KILLED: interrupted) gets the epochs its stage
+        reported meanwhile and ends as its stage is: FINISHED or FAILED, or KILLED while pending.
+        """
         added = 0
         for sid, state in states.items():
-            if state not in END_STATUS or sid in self.children:
-                continue
-            run_id = self.child(sid)
-            self.client.set_tag(run_id, "reused", "true")
-            rows = [row for epoch in store.epochs(self.out_root, sid) for row in self._epoch_rows(sid, epoch)]
-            self._log_metrics(run_id, rows)
-            self._finish(sid, state, store.error_line(self.out_root, sid) or None)
-            added += 1
+            run_id = self.children.get(sid)
+            if run_id is None:
+                if state not in END_STATUS:
+                    continue
+                run_id = self.child(sid)  # with the epochs in its folder
+                self.client.set_tag(run_id, "reused", "true")
+                added += 1
+            elif self._status.get(sid) in LEFT_OPEN:
+                rows = [row for epoch in store.epochs(self.out_root, sid) for row in self._epoch_rows(sid, epoch)]
+                self._log_stage_metrics(run_id, rows)
+            else:
+                continue  # ended by the run that ran it, with every epoch it reported
+            if state in END_STATUS:
+                self._finish(sid, state, store.error_line(self.out_root, sid) or None)
+            elif self._status.get(sid) == "RUNNING":
+                self.client.set_terminated(run_id, "KILLED")  # resumed by this run or a later one
         return added
 
     # ------------------------------------------------------------------------- listener
@@ -176,7 +229,7 @@ class StudyTracker:
         self.client.update_run(run_id, status="RUNNING")
 
     def stage_epoch(self, stage_id: str, metrics: dict[str, Any]) -> None:
-        self._log_metrics(self.child(stage_id), self._epoch_rows(stage_id, metrics))
+        self._log_stage_metrics(self.child(stage_id), self._epoch_rows(stage_id, metrics))
 
     def stage_retrying(self, stage_id: str, error: str) -> None:
         run_id = self.child(stage_id)

@@ -35,11 +35,17 @@ def read_mapping(path: Path) -> dict[str, Any]:
     """The top-level mapping of a YAML file, or a StudyError naming the file and the line."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise StudyError(path, "", "no such file") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
-        raise StudyError(path, "", f"cannot be read ({type(e).__name__})") from None
+    except IsADirectoryError:
+        raise StudyError(path, "", "is a folder; give a .yaml file") from None
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[:e.start].count(b"\n") + 1
+        raise StudyError(path, f"line {line}", f"not UTF-8 text (byte 0x{e.object[e.start]:02x}); save the file "
+                                               f"as UTF-8") from None
+    except OSError as e:
+        raise StudyError(path, "", f"cannot be read ({e.strerror or type(e).__name__})") from None
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as e:

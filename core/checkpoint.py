@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -39,16 +40,21 @@ def atomic_save(obj: Any, path: Path) -> None:
     """torch.save to `path` via a temporary file and rename, with a checksum sidecar."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    digest = _sha256(tmp)
-    os.replace(tmp, path)
     side = path.with_name(path.name + ".sha256")
     side_tmp = side.with_name(side.name + ".tmp")
-    side_tmp.write_text(digest + "\n")
-    os.replace(side_tmp, side)
+    try:
+        with tmp.open("wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        digest = _sha256(tmp)
+        os.replace(tmp, path)
+        side_tmp.write_text(digest + "\n")
+        os.replace(side_tmp, side)
+    except BaseException:  # a full disk leaves the previous files, never half of one
+        tmp.unlink(missing_ok=True)
+        side_tmp.unlink(missing_ok=True)
+        raise
 
 
 def safe_load(path: Path, verify: bool = True) -> Any:
@@ -60,8 +66,9 @@ def safe_load(path: Path, verify: bool = True) -> Any:
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # unpickling refused or file damaged: never fall back to full pickle
+            first = re.sub(r"\x1b\[[0-9;]*m", "", str(e).splitlines()[0] if str(e) else "")  # no terminal colours
             raise CheckpointError(f"{path}: cannot be loaded as weights-only ({type(e).__name__}: "
-                                  f"{str(e).splitlines()[0][:200]})") from e
+                                  f"{first[:200]})") from e
 
 
 def save_checkpoint(out_dir: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
@@ -90,14 +97,14 @@ def save_checkpoint(out_dir: Path, *, model: torch.nn.Module, optimizer: torch.o
 
 def load_latest(out_dir: Path) -> dict[str, Any] | None:
     """The newest good checkpoint in `out_dir`, or None. A damaged newest file is skipped with a warning."""
-    for name in (LAST, PREVIOUS):
-        path = Path(out_dir) / name
-        if not path.exists():
-            continue
+    names = [name for name in (LAST, PREVIOUS) if (Path(out_dir) / name).exists()]
+    for i, name in enumerate(names):
         try:
-            return safe_load(path)
+            return safe_load(Path(out_dir) / name)
         except CheckpointError as e:
-            warnings.warn(f"{e}; falling back to the previous checkpoint", stacklevel=2)
+            then = "falling back to the previous checkpoint" if i + 1 < len(names) else \
+                "no good checkpoint is left: starting from the beginning"
+            warnings.warn(f"{e}; {then}", stacklevel=2)
     return None
 
 

@@ -6,13 +6,21 @@ resolved config of a trial says exactly what ran.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # allow_inf_nan=False: an infinite lr or a NaN ratio is refused here, not found in a trial.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+# Upper bounds that keep numbers within what runs: an epoch is an MLflow step (int64), and
+# seed x 100003 + epoch seeds torch (core/classifier.py: seed_epoch), which takes 64 bits.
+MAX_EPOCHS = 100_000
+MAX_SEED = 2**32 - 1
 
 
 # Named model sizes. Encoder (embed_dim, depth, num_heads) and decoder
@@ -36,6 +44,11 @@ MODEL_VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 MaskSampling = Literal["random", "block", "grid"]
+
+
+def grid_ratios(grid: int) -> list[float]:
+    """Ratios a regular lattice can honour on a grid x grid patch grid: keep one of every s*s for s dividing grid."""
+    return [1.0 - 1.0 / (s * s) for s in range(2, grid + 1) if grid % s == 0]
 Target = Literal["pixel", "norm_pixel", "pca", "token"]
 
 
@@ -87,6 +100,11 @@ class ModelConfig(Frozen):
                 raise ValueError(f"{name} {getattr(self, name)} must be divisible by 4 (2-D sin-cos table)")
         if self.target == "pca" and self.pca_components > self.patch_dim:
             raise ValueError(f"pca_components {self.pca_components} exceeds the patch dimension {self.patch_dim}")
+        ratios = grid_ratios(self.grid_size)
+        if self.mask_sampling == "grid" and not any(math.isclose(self.mask_ratio, r) for r in ratios):
+            raise ValueError(f"grid masking cannot keep a regular lattice at mask_ratio {self.mask_ratio} on a "
+                             f"{self.grid_size}x{self.grid_size} patch grid; valid ratios: "
+                             f"{', '.join(f'{r:.4g}' for r in ratios) or 'none'}")
         return self
 
     @property
@@ -122,7 +140,7 @@ class DataConfig(Frozen):
 class OptimConfig(Frozen):
     """Shared schedule fields: `lr = blr * effective_batch / 256`, warmup then cosine."""
 
-    epochs: int = Field(ge=1)
+    epochs: int = Field(ge=1, le=MAX_EPOCHS)
     warmup_epochs: float = Field(ge=0)
     batch_size: int = Field(ge=1)  # per step, per worker
     accum_iter: int = Field(1, ge=1)
@@ -133,7 +151,7 @@ class OptimConfig(Frozen):
     compile: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_every: int = Field(1, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     threads: int | None = Field(None, ge=1)  # torch intra-op threads; None: leave as is
 
     @property
@@ -147,7 +165,7 @@ class OptimConfig(Frozen):
 class PretrainConfig(OptimConfig):
     # 0: no pre-training; the encoder stays as initialised, so its probe and fine-tune are the
     # random-encoder baseline through the very same evaluation stages.
-    epochs: int = Field(800, ge=0)
+    epochs: int = Field(800, ge=0, le=MAX_EPOCHS)
     warmup_epochs: float = Field(40, ge=0)
     batch_size: int = Field(4096, ge=1)
     blr: float = Field(1.5e-4, gt=0)

@@ -38,6 +38,7 @@ from torchvision import datasets as tv_datasets
 
 from core.augment import get_augmentation, get_pil_transform
 from core.config import DataConfig
+from core.data_files import CACHE_ROOT, FASHION_MNIST_FILES, FASHION_MNIST_ROOT
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
@@ -46,8 +47,6 @@ Part = Literal["train", "test"]  # which file of the dataset a split indexes int
 SPLIT_SEED = 2111_06377  # the paper's arXiv id; changing it changes every val carve
 FIXED_IMAGES_BATCH = 1024
 
-CACHE_ROOT = "~/.cache/mae-ablate/data"
-FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -288,10 +287,6 @@ class FolderSource(DataSource):
 # ---- Fashion-MNIST (IDX files) ------------------------------------------------------------------
 
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-FASHION_MNIST_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
 
 
 def read_idx(path: Path) -> np.ndarray:

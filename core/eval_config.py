@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from core.config import DATASET_CHANNELS, Augmentation, DataConfig, Frozen, ModelConfig, OptimConfig
+from core.config import DATASET_CHANNELS, MAX_EPOCHS, Augmentation, DataConfig, Frozen, ModelConfig, OptimConfig
 
 Pool = Literal["cls", "avg"]
 
@@ -20,7 +20,7 @@ TIMM_POOL: dict[str, Literal["token", "avg"]] = {"cls": "token", "avg": "avg"}
 class LinearProbeConfig(OptimConfig):
     """Linear probing: frozen encoder, BatchNorm1d(affine=False) + Linear head, LARS."""
 
-    epochs: int = Field(90, ge=1)
+    epochs: int = Field(90, ge=1, le=MAX_EPOCHS)
     warmup_epochs: float = Field(10, ge=0)
     batch_size: int = Field(16384, ge=1)
     blr: float = Field(0.1, gt=0)
@@ -35,7 +35,7 @@ class LinearProbeConfig(OptimConfig):
 class FinetuneConfig(OptimConfig):
     """End-to-end (or partial) fine-tuning with layer-wise lr decay, as the paper's ViT-L recipe."""
 
-    epochs: int = Field(100, ge=1)  # the paper: 100 for ViT-B, 50 for ViT-L/H
+    epochs: int = Field(100, ge=1, le=MAX_EPOCHS)  # the paper: 100 for ViT-B, 50 for ViT-L/H
     warmup_epochs: float = Field(5, ge=0)
     batch_size: int = Field(1024, ge=1)
     blr: float = Field(1e-3, gt=0)  # the release uses 5e-4 for ViT-B

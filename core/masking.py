@@ -13,6 +13,8 @@ from typing import Callable
 
 import torch
 
+from core.config import grid_ratios
+
 MaskNoise = Callable[[int, int, float, torch.Generator | None, torch.device], torch.Tensor]
 
 
@@ -37,11 +39,6 @@ def random_noise(n: int, grid: int, ratio: float, generator: torch.Generator | N
                  device: torch.device) -> torch.Tensor:
     """Uniform per-sample shuffle: the reference's `noise ~ U[0, 1)`."""
     return _rand((n, grid * grid), generator, device)
-
-
-def grid_ratios(grid: int) -> list[float]:
-    """Ratios a regular lattice can honour on a grid x grid patch grid: keep one of every s*s for s dividing grid."""
-    return [1.0 - 1.0 / (s * s) for s in range(2, grid + 1) if grid % s == 0]
 
 
 def grid_noise(n: int, grid: int, ratio: float, generator: torch.Generator | None,

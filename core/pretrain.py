@@ -19,7 +19,6 @@ if batch_size x workers x accum_iter is kept).
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 import warnings
@@ -161,12 +160,7 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, so
             with dist.no_sync(ddp, sync=last):
                 with autocast(device, cfg.precision):
                     loss, _, _ = model(imgs, noise=noise)
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    where = f" on rank {dist.rank}" if dist.world_size > 1 else ""
-                    raise FloatingPointError(f"non-finite pre-training loss {loss_value} at epoch {epoch}, "
-                                             f"step {step}{where}")
-                (loss / cfg.accum_iter).backward()
+                loss_value = dist.backward(loss, cfg.accum_iter, "pre-training", epoch, step)
             if last:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -219,9 +213,13 @@ def save_reconstructions(model: MaskedAutoencoder, source: DataSource, path: Pat
         recon.append(to_image(to_unit(pasted)))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, ratios=np.array(ratios), original=to_image(to_unit(imgs)), masked=np.stack(masked),
-                        recon=np.stack(recon))
-    tmp.replace(path)
+    try:
+        np.savez_compressed(tmp, ratios=np.array(ratios), original=to_image(to_unit(imgs)), masked=np.stack(masked),
+                            recon=np.stack(recon))
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     model.train()
     return path
 
