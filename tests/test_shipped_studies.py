@@ -1,0 +1,102 @@
+"""The shipped studies, end to end, on the laptop profile and real Fashion-MNIST, as a user runs them.
+
+`ablate run` in a subprocess (its own Ray, as from a shell) for scratch_vs_mae, then
+partial_finetune into the same output root: its pre-training, probe and all-block fine-tune are scratch_vs_mae's MAE
+arm (which is also the quickstart's 75% arm), so they are reused, not rerun (checked), and it adds
+only its own stages. (The quickstart itself is the README's first command; the two-arm slice
+through every layer is tests/test_runner.py on a tiny profile.) Checked: every stage done, learning really happened, the
+comparisons each study exists for point the right way, the figures and the report are written,
+and MLflow holds one parent and one child run per stage, all FINISHED.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ablate.plan import plan
+from ablate.profiles import load_profile
+from ablate.study import load_study
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    if not FMNIST.is_file():
+        pytest.skip(f"real Fashion-MNIST not installed ({FMNIST}); scripts/setup.sh installs it")
+    return tmp_path_factory.mktemp("shipped") / "runs"
+
+
+def ablate_run(study: str, out: Path) -> str:
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    done = subprocess.run([sys.executable, "-m", "ablate.cli", "run", str(ROOT / "studies" / study), "--out", str(out)],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Traceback" not in done.stdout + done.stderr
+    return done.stdout
+
+
+def stage_ids(study: str) -> list[str]:
+    s = load_study(ROOT / "studies" / study)
+    return list(plan(s, load_profile("laptop", s.source)).stages)
+
+
+def check_tracking(out: Path, name: str, stages: list[str]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out / name / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(name)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("role") == "study"]
+    children = [r for r in runs if r.data.tags.get("role") == "stage"]
+    assert len(parents) == 1 and len(children) + 1 == len(runs)
+    assert sorted(r.data.tags["stage_id"] for r in children) == sorted(stages)
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def check_report(out: Path, name: str, figures: list[str]) -> None:
+    report = out / name / "report"
+    assert (report / "report.html").stat().st_size > 1000
+    for figure in figures:
+        assert (report / "figures" / f"{figure}.png").stat().st_size > 10_000, figure
+
+
+def test_scratch_vs_mae(out):
+    text = ablate_run("scratch_vs_mae.yaml", out)
+    stages = stage_ids("scratch_vs_mae.yaml")
+    assert f"{len(stages)}/{len(stages)} stages done" in text
+    results = pd.read_csv(out / "scratch_vs_mae" / "results.csv").set_index("arm")
+    assert (results["status"] == "done").all()
+    mae, random = results.loc["mae"], results.loc["random_encoder"]
+    # Real learning on 10 classes (chance: 10%): probe and fine-tune well above it.
+    assert mae["lin_top1"] > 60 and mae["ft_top1"] > 55 and mae["pretrain_loss"] < 0.6, mae
+    assert mae["lin_top1"] > random["lin_top1"]  # the MAE encoder beats a random one under the same probe
+    assert mae["ft_top1"] > mae["scratch_top1"] + 5  # and fine-tuning after MAE beats training from scratch
+    check_tracking(out, "scratch_vs_mae", stages)
+    check_report(out, "scratch_vs_mae", ["table3_scratch", "eval_curves"])
+    # its MAE arm is the quickstart's 75% arm: the same stages, so the quickstart would reuse them
+    assert len(set(stages) & set(stage_ids("quickstart.yaml"))) == 3
+
+
+def test_partial_finetune_reuses_the_pretraining_and_rises_with_the_blocks_tuned(out):
+    shared = [s for s in stage_ids("partial_finetune.yaml") if s in stage_ids("scratch_vs_mae.yaml")]
+    assert len(shared) == 3  # the MAE pre-training, its linear probe, and the fine-tune of all blocks
+    before = {s: (out / "stages" / s / "result.json").read_text() for s in shared}
+    text = ablate_run("partial_finetune.yaml", out)
+    assert "3 already done" in text
+    assert {s: (out / "stages" / s / "result.json").read_text() for s in shared} == before
+    results = pd.read_csv(out / "partial_finetune" / "results.csv")
+    top1 = results.set_index(results["finetune.tune_blocks"].fillna(99))["ft_top1"].sort_index()
+    assert top1.iloc[-1] > top1.iloc[0] + 3, top1  # all blocks vs the head alone (Figure 9's shape)
+    check_tracking(out, "partial_finetune", stage_ids("partial_finetune.yaml"))
+    check_report(out, "partial_finetune", ["fig9_partial_finetune"])
+    assert json.loads((out / "partial_finetune" / "run.json").read_text())["profile"] == "laptop"
