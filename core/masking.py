@@ -20,8 +20,9 @@ MaskNoise = Callable[[int, int, float, torch.Generator | None, torch.device], to
 
 def _rand(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
     """U[0, 1) drawn on the generator's own device, returned on `device`."""
-    where = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=where).to(device)
+    if generator is None:  # no generator argument at all: torch.compile traces rand with a dynamic batch then
+        return torch.rand(shape, device=device)
+    return torch.rand(shape, generator=generator, device=generator.device).to(device)
 
 
 def _randint(high: int, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:

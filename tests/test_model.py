@@ -282,3 +282,20 @@ def test_token_target_assigns_nearest_codeword_and_uses_cross_entropy(tmp_path):
     np.save(path, np.zeros((4, 192), dtype=np.float32))
     with pytest.raises(ValueError, match="codebook_size=8"):
         make(target="token", codebook_size=8, codebook_path=str(path))
+
+
+@pytest.mark.slow
+def test_compiled_model_matches_eager_and_takes_any_batch_size():
+    """torch.compile (the engines' `compile: true`, the benchmarks' compile rows): the same loss as
+    eager for the same noise, and a second batch size (an epoch's last, partial batch) compiles
+    with a dynamic batch instead of failing in the mask's random draw."""
+    torch.manual_seed(0)
+    eager = MaskedAutoencoder(ModelConfig(variant="vit_test"))
+    compiled = torch.compile(eager)
+    cfg = eager.cfg
+    for n in (4, 6, 8):
+        imgs = torch.randn(n, cfg.in_chans, cfg.img_size, cfg.img_size)
+        noise = torch.rand(n, cfg.grid_size**2)
+        torch.testing.assert_close(compiled(imgs, noise=noise)[0], eager(imgs, noise=noise)[0], rtol=1e-4, atol=1e-5)
+        loss, _, mask = compiled(imgs)  # the model draws the mask itself
+        assert torch.isfinite(loss) and mask.shape == (n, cfg.grid_size**2)
