@@ -258,6 +258,9 @@ class RayBackend:
                 raise CannotRun(f"--address {self.address}: cannot join a Ray cluster there "
                                 f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
         else:
+            # a local cluster's workers inherit this environment: OpenMP threads that spin-wait
+            # between small ops take cores from the trials beside them
+            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
             ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False, log_to_driver=False,
                      logging_level=logging.ERROR)
         self._started = True

@@ -1,7 +1,7 @@
 """Study overhead: what Ray, Tune and tracking cost on top of the trials' own compute.
 
-    .venv/bin/python benchmarks/bench_study.py                   # Ray start, per-trial overhead, quickstart study
-    .venv/bin/python benchmarks/bench_study.py --study studies/masking_ratio.yaml
+    .venv/bin/python benchmarks/bench_study.py                   # Ray start, per-trial overhead, masking_ratio study
+    .venv/bin/python benchmarks/bench_study.py --study studies/quickstart.yaml
 
 Measured in one run, on this machine:
 - Ray start: a cold local `ray.init` as `ablate run` does it (no dashboard).
@@ -146,8 +146,8 @@ def run(args: argparse.Namespace) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--study", default=str(ROOT / "studies" / "quickstart.yaml"),
-                        help="study to run end to end ('' to skip)")
+    parser.add_argument("--study", default=str(ROOT / "studies" / "masking_ratio.yaml"),
+                        help="study to run end to end ('' to skip); the target names the laptop masking_ratio study")
     parser.add_argument("--profile", default="laptop")
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
