@@ -52,7 +52,7 @@ from core.checkpoint import save_checkpoint
 from core.classifier import (ClassifierViT, build_classifier, load_resume_state, probe_head, rng_state, seed_epoch,
                              set_rng_state, topk_correct)
 from core.data import DataSource, open_dataset
-from core.device import autocast, resolve_device, seed_everything
+from core.device import autocast, resolve_device, seed_everything, warn_if_nondeterministic
 from core.distributed import Dist
 from core.eval_config import TIMM_POOL, FinetuneConfig, FinetuneJob
 from core.progress import EpochProgress
@@ -78,6 +78,7 @@ def finetune(job: FinetuneJob, encoder: Mapping[str, Tensor] | None, out_dir: Pa
     cfg = job.finetune
     out_dir = Path(out_dir)
     dist = Dist.current(resolve_device(cfg.device))
+    warn_if_nondeterministic(dist.device)
     device = dist.device
     if dist.is_main():
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ from core.checkpoint import save_checkpoint
 from core.classifier import (ClassifierViT, accuracy, build_classifier, features, load_resume_state, probe_head,
                              rng_state, seed_epoch, set_rng_state)
 from core.data import DataSource, open_dataset
-from core.device import autocast, resolve_device, seed_everything
+from core.device import autocast, resolve_device, seed_everything, warn_if_nondeterministic
 from core.eval_config import TIMM_POOL, LinearProbeConfig, LinearProbeJob
 from core.lars import LARS
 from core.progress import EpochProgress
@@ -55,6 +55,7 @@ def linear_probe(job: LinearProbeJob, encoder: Mapping[str, Tensor] | None, out_
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
+    warn_if_nondeterministic(device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)  # a random encoder and the head's init are functions of the seed

@@ -32,7 +32,7 @@ from timm.optim import param_groups_weight_decay
 from core.checkpoint import load_latest, save_checkpoint, save_encoder
 from core.config import PretrainJob
 from core.data import DataSource, open_dataset
-from core.device import autocast, resolve_device, seed_everything
+from core.device import autocast, resolve_device, seed_everything, warn_if_nondeterministic
 from core.distributed import Dist, unwrap
 from core.flops import train_flops_per_image
 from core.model import MaskedAutoencoder
@@ -54,6 +54,7 @@ def pretrain(job: PretrainJob, out_dir: Path, report: Report | None = None) -> d
     cfg = job.pretrain
     out_dir = Path(out_dir)
     dist = Dist.current(resolve_device(cfg.device))
+    warn_if_nondeterministic(dist.device)
     device = dist.device
     if dist.is_main():
         out_dir.mkdir(parents=True, exist_ok=True)

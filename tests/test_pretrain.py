@@ -107,3 +107,18 @@ def test_zero_epochs_is_the_random_encoder_baseline(tmp_path):
     assert saved.keys() == init.keys()
     assert all(torch.equal(saved[k], init[k]) for k in init)
     assert not (tmp_path / LAST).exists()  # nothing trained, nothing to resume
+
+
+def test_a_run_that_cannot_be_reproduced_bit_for_bit_says_so(tmp_path):
+    """On CUDA the engines warn (recorded in the stage folder, shown in the live view, `ablate
+    status` and the MLflow run); on CPU, where the same seed gives the same numbers, they do not."""
+    from ablate import store
+    from ablate.stage_warnings import recording
+    from core.device import warn_if_nondeterministic
+
+    with recording(tmp_path):
+        warn_if_nondeterministic(torch.device("cpu"))
+        assert not (tmp_path / store.WARNINGS).exists()
+        warn_if_nondeterministic(torch.device("cuda", 0))
+    (note,) = [json.loads(line) for line in (tmp_path / store.WARNINGS).read_text().splitlines()]
+    assert "cuda:0" in note["message"] and "not bit-for-bit deterministic" in note["message"]
