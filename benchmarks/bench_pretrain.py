@@ -30,7 +30,7 @@ from core.model import MaskedAutoencoder  # noqa: E402
 CONFIGS = {  # environment.md's measured configurations
     "fmnist (28px, p4, 128/4/4, dec 64/2/4)": (dict(variant="vit_fmnist"), 256),
     "vit-tiny (32px, p4, 192/12/3, dec 128/4/4)": (dict(variant="vit_tiny_cifar"), 128),
-    "vit-b/16 (224px, dec 512/8/16)": (dict(variant="vit_base_patch16"), 16),
+    "vit-b/16 (224px, dec 512/8/16)": (dict(variant="vit_base_patch16"), 32),  # the paper's per-device batch
 }
 
 
