@@ -141,8 +141,7 @@ class StudyTracker:
         self.children[stage_id] = run_id
         # Epochs the stage reported before it had a run here (a run of another study sharing the
         # store, a call of run_stage outside Ray) belong to it too.
-        self._log_stage_metrics(run_id, [row for epoch in store.epochs(self.out_root, stage_id)
-                                         for row in self._epoch_rows(stage_id, epoch)])
+        self._catch_up(stage_id, run_id)
         return run_id
 
     def _log_metrics(self, run_id: str, rows: Iterable[tuple[str, float, int]]) -> None:
@@ -179,6 +178,7 @@ class StudyTracker:
         result = store.result(self.out_root, stage_id) or {}
         final = [(k, v, stage.epochs - 1) for k, v in result.items()
                  if _number(v) and k not in ("epochs", "attempts", "attempt_wall_s", "epoch")]
+        self._catch_up(stage_id, run_id)
         self._log_stage_metrics(run_id, final)
         for name in (store.CONFIG, "reconstructions.npz", store.ERROR):
             if (folder / name).is_file():
@@ -191,6 +191,12 @@ class StudyTracker:
         elif "error" in self.client.get_run(run_id).data.tags:  # a failed stage that now succeeded
             self.client.delete_tag(run_id, "error")
         self.client.set_terminated(run_id, END_STATUS.get(state, "KILLED"))
+
+    def _catch_up(self, stage_id: str, run_id: str) -> None:
+        """Log the epochs in the stage's metrics.jsonl that never reached the driver: a worker
+        killed after writing an epoch's line but before its report crossed over to the driver."""
+        self._log_stage_metrics(run_id, [row for epoch in store.epochs(self.out_root, stage_id)
+                                         for row in self._epoch_rows(stage_id, epoch)])
 
     def backfill(self, states: dict[str, str]) -> int:
         """Bring the runs in line with the stage store before anything runs; returns the runs added.
@@ -210,8 +216,7 @@ class StudyTracker:
                 self.client.set_tag(run_id, "reused", "true")
                 added += 1
             elif self._status.get(sid) in LEFT_OPEN:
-                rows = [row for epoch in store.epochs(self.out_root, sid) for row in self._epoch_rows(sid, epoch)]
-                self._log_stage_metrics(run_id, rows)
+                self._catch_up(sid, run_id)
             else:
                 continue  # ended by the run that ran it, with every epoch it reported
             if state in END_STATUS:
@@ -233,6 +238,7 @@ class StudyTracker:
 
     def stage_retrying(self, stage_id: str, error: str) -> None:
         run_id = self.child(stage_id)
+        self._catch_up(stage_id, run_id)  # the attempt that died may have written epochs it never reported
         run = self.client.get_run(run_id)
         retries = int(run.data.tags.get("retries", "0")) + 1
         self.client.set_tag(run_id, "retries", str(retries))

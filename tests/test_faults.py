@@ -203,6 +203,32 @@ def test_worker_killed_with_sigkill_resumes_from_its_checkpoint(disturbed):
           f"{disturbed['seconds']:.0f} s for the study")
 
 
+def test_an_epoch_written_but_never_reported_still_reaches_mlflow(root):
+    """The race behind the SIGKILL test's occasional gap: the worker writes epoch 0 to
+    metrics.jsonl and dies before its report crosses to the driver. The retry resumes after
+    epoch 0, so only the stage's file has it; the tracker logs it from there, once."""
+    from ablate.tracking import StudyTracker
+
+    project = make_project(root / "unreported")
+    study = write(project, "gap", "name: {name}\nevaluations: []\nfigures: []\n")
+    p = the_plan(study)
+    (sid,) = p.stages
+    tracker = StudyTracker(p, project / "runs", project / "runs" / "gap").open()
+    tracker.stage_started(sid)
+    metrics = store.stage_dir(project / "runs", sid) / store.METRICS
+    metrics.parent.mkdir(parents=True, exist_ok=True)
+    store.append_jsonl(metrics, {"epoch": 0, "loss": 0.9})  # written, then the worker was killed
+    tracker.stage_retrying(sid, "worker died")
+    for epoch, loss in [(1, 0.8)]:  # the retry's epochs arrive as reports
+        store.append_jsonl(metrics, {"epoch": epoch, "loss": loss})
+        tracker.stage_epoch(sid, {"epoch": epoch, "loss": loss})
+    tracker.stage_ended(sid, store.DONE, None)
+    tracker.close("FINISHED")
+    points = metric_points(project, "gap")[sid]
+    assert sorted(points["pretrain_loss"]) == [0, 1], points
+    assert_one_point_per_step({sid: points})
+
+
 # ------------------------------------------------------------------------------ b. driver SIGKILL
 def test_driver_killed_with_sigkill_then_the_same_command_finishes(root):
     project = make_project(root / "driver")
