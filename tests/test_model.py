@@ -293,7 +293,7 @@ def test_compiled_model_matches_eager_and_takes_any_batch_size():
     here, its cold C++ build alone takes 40 s."""
     torch.manual_seed(0)
     eager = MaskedAutoencoder(ModelConfig(variant="vit_test"))
-    compiled = torch.compile(eager, backend="eager")  # dynamo's tracing, without inductor's C++ build (cold: ~40 s)
+    compiled = torch.compile(eager, backend="eager")
     cfg = eager.cfg
     for n in (4, 6, 8):
         imgs = torch.randn(n, cfg.in_chans, cfg.img_size, cfg.img_size)
