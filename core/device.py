@@ -37,6 +37,24 @@ def autocast(device: torch.device, precision: str) -> ContextManager:
     return nullcontext()
 
 
+def choose_attention(model: torch.nn.Module, device: torch.device, precision: str) -> torch.nn.Module:
+    """Give every timm attention layer in `model` the faster of its two kernels for this device and
+    precision, and return `model`.
+
+    Both compute softmax(q k^T / sqrt(d)) v. On CPU under bf16 autocast torch's fused kernel (flash
+    attention for CPU) is the bottleneck: its backward took 57% of a vit_fmnist step, and the plain
+    path (two batched matmuls and a softmax, which autocast runs in fp32: the release's own
+    attention) made the whole step 2.3x faster at batch 256 and 1.5x at batch 64 on one thread
+    (benchmarks/NOTES.md). In fp32 on CPU the two are level, and on GPUs the fused kernels are the
+    fast ones, so everything else keeps them.
+    """
+    fused = not (device.type == "cpu" and precision == "bf16")
+    for module in model.modules():
+        if hasattr(module, "fused_attn"):  # timm's Attention: read on every forward
+            module.fused_attn = fused
+    return model
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

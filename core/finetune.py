@@ -52,7 +52,7 @@ from core.checkpoint import save_checkpoint
 from core.classifier import (ClassifierViT, build_classifier, load_resume_state, probe_head, rng_state, seed_epoch,
                              set_rng_state, topk_correct)
 from core.data import DataSource, open_dataset
-from core.device import autocast, resolve_device, seed_everything, warn_if_nondeterministic
+from core.device import autocast, choose_attention, resolve_device, seed_everything, warn_if_nondeterministic
 from core.distributed import Dist
 from core.eval_config import TIMM_POOL, FinetuneConfig, FinetuneJob
 from core.progress import EpochProgress
@@ -87,6 +87,7 @@ def finetune(job: FinetuneJob, encoder: Mapping[str, Tensor] | None, out_dir: Pa
     seed_everything(cfg.seed)  # random init and head init are functions of the seed (the same on every rank)
     source = open_dataset(job.data, img_size=job.model.img_size, in_chans=job.model.in_chans)
     net = build_finetune_model(job, source.num_classes, encoder if cfg.init == "pretrained" else None).to(device)
+    net = choose_attention(net, device, cfg.precision)
     optimizer = torch.optim.AdamW(param_groups(net, cfg), lr=cfg.lr(workers=dist.world_size), betas=BETAS)
     micro_steps = source.steps_per_epoch("train", cfg.batch_size, shard=dist.shard)
     # Only whole optimizer steps: a tail that cannot fill batch_size x world x accum_iter images

@@ -30,7 +30,7 @@ from core.checkpoint import save_checkpoint
 from core.classifier import (ClassifierViT, accuracy, build_classifier, features, load_resume_state, probe_head,
                              rng_state, seed_epoch, set_rng_state)
 from core.data import DataSource, open_dataset
-from core.device import autocast, resolve_device, seed_everything, warn_if_nondeterministic
+from core.device import autocast, choose_attention, resolve_device, seed_everything, warn_if_nondeterministic
 from core.eval_config import TIMM_POOL, LinearProbeConfig, LinearProbeJob
 from core.lars import LARS
 from core.progress import EpochProgress
@@ -60,7 +60,7 @@ def linear_probe(job: LinearProbeJob, encoder: Mapping[str, Tensor] | None, out_
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)  # a random encoder and the head's init are functions of the seed
     source = open_dataset(job.data, img_size=job.model.img_size, in_chans=job.model.in_chans)
-    net = build_probe(job, source.num_classes, encoder).to(device)
+    net = choose_attention(build_probe(job, source.num_classes, encoder).to(device), device, cfg.precision)
     optimizer = LARS(net.head.parameters(), lr=cfg.lr(), weight_decay=cfg.weight_decay)
     steps = source.steps_per_epoch("train", cfg.batch_size)
     if steps == 0:

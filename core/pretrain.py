@@ -32,7 +32,7 @@ from timm.optim import param_groups_weight_decay
 from core.checkpoint import load_latest, save_checkpoint, save_encoder
 from core.config import PretrainJob
 from core.data import DataSource, open_dataset
-from core.device import autocast, resolve_device, seed_everything, warn_if_nondeterministic
+from core.device import autocast, choose_attention, resolve_device, seed_everything, warn_if_nondeterministic
 from core.distributed import Dist, unwrap
 from core.flops import train_flops_per_image
 from core.model import MaskedAutoencoder
@@ -62,7 +62,7 @@ def pretrain(job: PretrainJob, out_dir: Path, report: Report | None = None) -> d
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)  # the same initial weights on every rank (DDP broadcasts rank 0's anyway)
     source = open_dataset(job.data, img_size=job.model.img_size, in_chans=job.model.in_chans)
-    model = MaskedAutoencoder(job.model).to(device)
+    model = choose_attention(MaskedAutoencoder(job.model).to(device), device, cfg.precision)
     peak_lr = cfg.lr(workers=dist.world_size)
     # fused: one kernel for all parameters (the per-tensor loop cost ~10% of a small model's step on CPU)
     optimizer = torch.optim.AdamW(param_groups_weight_decay(model, cfg.weight_decay), lr=peak_lr, betas=cfg.betas,

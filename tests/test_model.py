@@ -8,6 +8,7 @@ import torch
 from pydantic import ValidationError
 
 from core.config import ModelConfig
+from core.device import choose_attention
 from core.masking import grid_ratios, len_keep
 from core.model import MaskedAutoencoder
 from core.pos_embed import sincos_2d
@@ -227,6 +228,36 @@ def test_matches_hugging_face_vitmae_with_identical_weights_and_noise(target):
     assert torch.equal(mask, out.mask)
     torch.testing.assert_close(pred, out.logits, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(loss, out.loss, rtol=1e-5, atol=1e-6)
+
+
+def attention_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in model.modules() if hasattr(m, "fused_attn")]
+
+
+@pytest.mark.parametrize("device, precision, fused", [("cpu", "bf16", False), ("cpu", "fp32", True),
+                                                      ("cuda", "bf16", True), ("cuda", "fp32", True)])
+def test_attention_kernel_is_chosen_per_device_and_precision(device, precision, fused):
+    model = choose_attention(make(), torch.device(device), precision)
+    layers = attention_layers(model)
+    assert len(layers) == 3  # 2 encoder blocks + 1 decoder block of vit_test
+    assert [m.fused_attn for m in layers] == [fused] * 3
+
+
+def test_plain_attention_gives_the_fused_kernels_loss_and_gradients():
+    """The kernel choice is a speed choice only: same weights and mask, same loss, same gradients."""
+    fused = make()
+    plain = choose_attention(make(), torch.device("cpu"), "bf16")  # the plain path, here run in fp32
+    assert not any(m.fused_attn for m in attention_layers(plain)) and all(m.fused_attn for m in attention_layers(fused))
+    imgs, noise = torch.randn(4, 3, 32, 32), torch.rand(4, 16)
+    losses = []
+    for model in (fused, plain):
+        loss = model(imgs, 0.75, noise)[0]
+        loss.backward()
+        losses.append(loss)
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-6, atol=1e-7)
+    for (name, a), b in zip(fused.named_parameters(), plain.parameters()):
+        if a.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize("token_in_encoder", [False, True])
