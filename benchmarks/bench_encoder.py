@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from results_file import save  # noqa: E402
 from core.config import ModelConfig  # noqa: E402
-from core.device import autocast  # noqa: E402
+from core.device import autocast, choose_attention  # noqa: E402
 from core.model import MaskedAutoencoder  # noqa: E402
 
 ARMS = {  # Table 2's rows for ViT-L
@@ -62,7 +62,7 @@ def decoder_share_per_token(cfg: ModelConfig) -> float:
 
 def step_seconds(cfg: ModelConfig, batch: int, precision: str, repeats: int) -> float:
     torch.manual_seed(0)
-    model = MaskedAutoencoder(cfg)
+    model = choose_attention(MaskedAutoencoder(cfg), torch.device("cpu"), precision)  # as the engine runs it
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     imgs = torch.randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size)
 
