@@ -260,6 +260,19 @@ def test_plain_attention_gives_the_fused_kernels_loss_and_gradients():
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_counted_flops_do_not_depend_on_the_attention_kernel():
+    """Recorded train_flops_per_img must not change with precision: on CPU the fused kernel is
+    invisible to torch's FLOP counter, the plain path is not, and the meta device counts both."""
+    from core.flops import train_flops_per_image
+
+    cpu = torch.device("cpu")
+    fused = train_flops_per_image(make(), cpu)
+    plain = train_flops_per_image(choose_attention(make(), cpu, "bf16"), cpu)
+    with torch.device("meta"):
+        meta = train_flops_per_image(make(), torch.device("meta"))
+    assert fused == plain == meta
+
+
 @pytest.mark.parametrize("token_in_encoder", [False, True])
 def test_backward_reaches_every_trainable_parameter(token_in_encoder):
     model = make(mask_token_in_encoder=token_in_encoder)
