@@ -59,7 +59,7 @@ def train_step_rate(batch_size: int, steps: int = 5) -> float:
     for i in range(steps + 2):
         start = time.perf_counter()
         with autocast(cpu, "bf16"):
-            loss = model(imgs)[0]
+            loss = model(imgs, loss_only=True)[0]
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

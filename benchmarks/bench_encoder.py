@@ -40,7 +40,7 @@ def counted_train_flops(cfg: ModelConfig, batch: int = 2) -> float:
         imgs = torch.randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size)
         noise = torch.rand(batch, cfg.num_patches)
     with FlopCounterMode(display=False) as counter:
-        model(imgs, noise=noise)[0].backward()
+        model(imgs, noise=noise, loss_only=True)[0].backward()  # the training step, as the engine runs it
     return counter.get_total_flops() / batch
 
 
@@ -68,7 +68,7 @@ def step_seconds(cfg: ModelConfig, batch: int, precision: str, repeats: int) -> 
 
     def step() -> None:
         with autocast(torch.device("cpu"), precision):
-            loss = model(imgs)[0]
+            loss = model(imgs, loss_only=True)[0]
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -57,13 +57,15 @@ def ours_model(cfg: ModelConfig, device: torch.device, precision: str) -> torch.
 
 def make_step(model: torch.nn.Module, imgs: torch.Tensor, precision: str, *, hf: bool) -> Callable[[], None]:
     """One train step (forward, backward, AdamW) on a fixed batch. Both models get the same fused
-    AdamW: the comparison is of the models, not of the optimizers."""
+    AdamW: the comparison is of the models, not of the optimizers. Ours runs its training step
+    (`loss_only`: the decoder's last block and prediction for the removed patches only, as the
+    engine does); HF computes every prediction and masks the loss."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=True)
     device = imgs.device
 
     def step() -> None:
         with autocast(device, precision):
-            loss = model(pixel_values=imgs).loss if hf else model(imgs)[0]
+            loss = model(pixel_values=imgs).loss if hf else model(imgs, loss_only=True)[0]
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -96,7 +98,7 @@ def counted_flops_per_image(cfg: ModelConfig) -> float:
         model = MaskedAutoencoder(cfg)
         imgs = torch.randn(2, cfg.in_chans, cfg.img_size, cfg.img_size)
     with FlopCounterMode(display=False) as counter:
-        model(imgs)[0].backward()
+        model(imgs, loss_only=True)[0].backward()
     return counter.get_total_flops() / 2
 
 

@@ -18,15 +18,17 @@ def _counting() -> Iterator[FlopCounterMode]:
         yield counter
 
 
-def train_flops_per_image(model: torch.nn.Module, device: torch.device, batch: int = 2) -> float:
+def train_flops_per_image(model: torch.nn.Module, device: torch.device, batch: int = 2,
+                          loss_only: bool = True) -> float:
     """FLOPs of one forward and backward pass per image at the model's mask ratio (matmuls and
-    attention, as the counter counts them; the paper's Table 1c ratio is of the same kind)."""
+    attention, as the counter counts them; the paper's Table 1c ratio is of the same kind): the
+    training step's (`loss_only`, as the engine runs it), or the full pass's with every prediction."""
     cfg = model.cfg
     imgs = torch.randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size, device=device)
     was_training = model.training
     model.train()
     with _counting() as counter:
-        loss, _, _ = model(imgs)
+        loss, _, _ = model(imgs, loss_only=loss_only)
         loss.backward()
     model.zero_grad(set_to_none=True)
     model.train(was_training)

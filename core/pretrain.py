@@ -160,7 +160,7 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, so
             last = (step + 1) % cfg.accum_iter == 0
             with dist.no_sync(ddp, sync=last):
                 with autocast(device, cfg.precision):
-                    loss, _, _ = model(imgs, noise=noise)
+                    loss, _, _ = model(imgs, noise=noise, loss_only=True)
                 loss_value = dist.backward(loss, cfg.accum_iter, "pre-training", epoch, step)
             if last:
                 optimizer.step()

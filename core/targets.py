@@ -3,7 +3,8 @@
 Shared contract on patchified images `patches` (N, L, P), P = p*p*C, already mean/std
 normalised by the data pipeline as in the reference:
 - `out_dim`: width of the decoder's prediction per patch;
-- `forward(patches)`: the target, (N, L, out_dim) floats or (N, L) token ids;
+- `forward(patches)`: the target, (N, L, out_dim) floats or (N, L) token ids, each patch's from
+  that patch alone (the training step asks only for the removed patches' targets, any L);
 - `loss(pred, target)`: per-patch loss (N, L), averaged over removed patches by the model;
 - `to_pixels(pred, patches)`: the prediction as pixel patches (N, L, P), for figures.
 Targets with state (PCA basis, token codebook) keep it in buffers, so it is saved with the model,

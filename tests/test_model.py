@@ -166,10 +166,10 @@ def test_random_masking_matches_the_reference_argsort_rule():
     model = make()
     noise = torch.rand(3, 16)
     x = torch.randn(3, 16, 4)
-    kept, mask, ids_restore, ids_keep = model.random_masking(x, 0.75, noise)
+    kept, mask, ids_restore, ids_shuffle = model.random_masking(x, 0.75, noise)
     for n in range(3):
         order = sorted(range(16), key=lambda i: noise[n, i].item())
-        assert ids_keep[n].tolist() == order[:4]
+        assert ids_shuffle[n].tolist() == order  # kept first
         assert [int(v) for v in mask[n]] == [0 if i in order[:4] else 1 for i in range(16)]
         assert torch.equal(kept[n], x[n, order[:4]])
     assert torch.equal(torch.gather(noise.argsort(1), 1, ids_restore), torch.arange(16).expand(3, -1))
@@ -213,6 +213,70 @@ def test_loss_on_all_patches_and_ratio_zero_are_finite():
     zero = make(mask_ratio=0.0)(imgs)
     assert torch.isfinite(zero[0]) and zero[2].sum() == 0
     zero[0].backward()
+
+
+# ----------------------------------------------------------------------------------- the training step's loss
+LOSS_ONLY_CASES = {  # name -> ModelConfig overrides of vit_test (1 decoder block unless set)
+    "norm pixels": {},
+    "pixels, 2 decoder blocks": dict(target="pixel", decoder_depth=2),
+    "pca": dict(target="pca", pca_components=8),
+    "tokens": dict(target="token", codebook_size=16),
+    "mask token in encoder": dict(mask_token_in_encoder=True),
+    "block masking": dict(mask_sampling="block"),
+    "grid masking": dict(mask_sampling="grid"),
+}
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["sdpa", "plain"])
+@pytest.mark.parametrize("case", list(LOSS_ONLY_CASES))
+def test_training_step_gives_the_full_pass_loss_and_gradients(case, fused):
+    """`loss_only` skips work, not terms: the same loss and the same gradient on every parameter."""
+    full = make(**LOSS_ONLY_CASES[case])
+    imgs = torch.randn(4, 3, 32, 32)
+    if full.target.needs_fit:
+        full.target.fit(full.patchify(torch.randn(64, 3, 32, 32)), torch.Generator().manual_seed(0))
+    step = make(**LOSS_ONLY_CASES[case])
+    step.load_state_dict(full.state_dict())
+    for m in attention_layers(full) + attention_layers(step):
+        m.fused_attn = fused
+    noise = full.mask_noise(4, torch.device("cpu"), generator=torch.Generator().manual_seed(0))
+    expected = full(imgs, noise=noise)[0]
+    loss, pred, mask = step(imgs, noise=noise, loss_only=True)
+    assert pred is None and mask.sum() == 4 * 12
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-7)
+    expected.backward()
+    loss.backward()
+    for (name, a), b in zip(full.named_parameters(), step.parameters()):
+        assert (a.grad is None) == (b.grad is None), name
+        if a.grad is not None:
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_training_step_runs_the_last_decoder_block_and_prediction_for_removed_patches_only():
+    from core.flops import train_flops_per_image
+
+    model = make(decoder_depth=2)
+    tokens: dict[str, int] = {}
+    for name, module in [("first block", model.decoder_blocks[0].mlp), ("last block", model.decoder_blocks[1].mlp),
+                         ("prediction", model.decoder_pred)]:
+        module.register_forward_hook(lambda m, args, out, name=name: tokens.__setitem__(name, args[0].shape[1]))
+    imgs = torch.randn(2, 3, 32, 32)
+    model(imgs, 0.75, loss_only=True)
+    assert tokens == {"first block": 17, "last block": 12, "prediction": 12}  # 1 + 16 tokens; 12 removed
+    model(imgs, 0.75)  # the full pass (reconstructions) still predicts every patch
+    assert tokens == {"first block": 17, "last block": 17, "prediction": 16}
+    counted_step = train_flops_per_image(model, torch.device("cpu"))
+    counted_full = train_flops_per_image(model, torch.device("cpu"), loss_only=False)
+    assert counted_step < 0.97 * counted_full
+
+
+def test_training_step_reads_every_patch_when_the_loss_does():
+    """loss_on='all' and mask ratio 0 need every prediction: loss_only then runs the full pass."""
+    imgs, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)
+    for model, ratio in [(make(loss_on="all"), 0.75), (make(mask_ratio=0.0), 0.0)]:
+        loss, pred, _ = model(imgs, ratio, noise, loss_only=True)
+        assert pred is None
+        torch.testing.assert_close(loss, model(imgs, ratio, noise)[0], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("target", ["pixel", "norm_pixel"])
