@@ -49,10 +49,14 @@ def choose_attention(model: torch.nn.Module, device: torch.device, precision: st
     fast ones, so everything else keeps them.
     """
     fused = not (device.type == "cpu" and precision == "bf16")
-    for module in model.modules():
-        if hasattr(module, "fused_attn"):  # timm's Attention: read on every forward
-            module.fused_attn = fused
+    for module in attention_layers(model):
+        module.fused_attn = fused
     return model
+
+
+def attention_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """timm's attention layers in `model`: those with a `fused_attn` switch, read on every forward."""
+    return [m for m in model.modules() if hasattr(m, "fused_attn")]
 
 
 def seed_everything(seed: int) -> None:

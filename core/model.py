@@ -182,13 +182,19 @@ class MaskedAutoencoder(nn.Module):
         return self.decoder_pred(self.decoder_norm(x))  # (N, L or R, out_dim)
 
     # ----------------------------------------------------------------------------------- loss
-    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor,
+                     rows: torch.Tensor | None = None) -> torch.Tensor:
         """Mean per-patch loss over removed patches (or all, with loss_on='all').
 
         With nothing removed (mask_ratio 0) the removed-only mean is undefined; the loss then
-        falls back to all patches instead of dividing by zero.
+        falls back to all patches instead of dividing by zero. With `rows` (N, R), the removed
+        patches' indices, `pred` (N, R, out_dim) holds their predictions only: the same mean.
         """
-        target = self.target(self.patchify(imgs))
+        patches = self.patchify(imgs)  # (N, L, P)
+        if rows is not None:
+            patches = torch.gather(patches, 1, rows.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))  # (N, R, P)
+            return self.target.loss(pred.float(), self.target(patches)).mean()
+        target = self.target(patches)
         loss = self.target.loss(pred.float(), target)  # (N, L)
         if self.cfg.loss_on == "all":
             return loss.mean()
@@ -207,10 +213,8 @@ class MaskedAutoencoder(nn.Module):
         ratio = self.cfg.mask_ratio if mask_ratio is None else mask_ratio
         enc = self.forward_encoder(imgs, ratio, noise)
         if loss_only and self.cfg.loss_on != "all" and enc.ids_removed.shape[1] > 0:
-            rows = enc.ids_removed  # (N, R)
-            pred = self.forward_decoder(enc, rows)  # (N, R, out_dim)
-            patches = torch.gather(self.patchify(imgs), 1, rows.unsqueeze(-1).expand(-1, -1, self.cfg.patch_dim))
-            return self.target.loss(pred.float(), self.target(patches)).mean(), None, enc.mask
+            pred = self.forward_decoder(enc, enc.ids_removed)  # (N, R, out_dim)
+            return self.forward_loss(imgs, pred, enc.mask, enc.ids_removed), None, enc.mask
         pred = self.forward_decoder(enc)
         return self.forward_loss(imgs, pred, enc.mask), None if loss_only else pred, enc.mask
 
@@ -239,10 +243,9 @@ def block_rows(blk: Block, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     if getattr(attn, "gate", None) is not None:
         raise NotImplementedError("block_rows: gated attention is not supported")
     n, t, d = x.shape
-    heads, head_dim = attn.num_heads, attn.head_dim
+    heads, head_dim, a = attn.num_heads, attn.head_dim, attn.attn_dim
     xn = blk.norm1(x)  # (N, T, D)
     w, b = attn.qkv.weight, attn.qkv.bias  # (3 * A, D): q, k, v stacked, as timm's reshape reads them
-    a = heads * head_dim
     kv = F.linear(xn, w[a:], None if b is None else b[a:])  # (N, T, 2A)
     k, v = kv.reshape(n, t, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (N, H, T, hd)
     x_rows = torch.gather(x, 1, rows.unsqueeze(-1).expand(-1, -1, d))  # (N, R, D)

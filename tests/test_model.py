@@ -8,7 +8,7 @@ import torch
 from pydantic import ValidationError
 
 from core.config import ModelConfig
-from core.device import choose_attention
+from core.device import attention_layers, choose_attention
 from core.masking import grid_ratios, len_keep
 from core.model import MaskedAutoencoder
 from core.pos_embed import sincos_2d
@@ -292,10 +292,6 @@ def test_matches_hugging_face_vitmae_with_identical_weights_and_noise(target):
     assert torch.equal(mask, out.mask)
     torch.testing.assert_close(pred, out.logits, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(loss, out.loss, rtol=1e-5, atol=1e-6)
-
-
-def attention_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    return [m for m in model.modules() if hasattr(m, "fused_attn")]
 
 
 @pytest.mark.parametrize("device, precision, fused", [("cpu", "bf16", False), ("cpu", "fp32", True),
