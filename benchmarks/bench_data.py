@@ -46,23 +46,17 @@ def images_per_second(dataset: str, augmentation: str, batch_size: int, img_size
 def train_step_rate(batch_size: int, steps: int = 5) -> float:
     """The MAE train step it has to keep up with: vit_fmnist as the laptop profile trains it (bf16
     autocast, the attention kernel the engine picks), AdamW, 75% masking."""
+    from bench_pretrain import make_step, ours_model
     from core.config import ModelConfig
-    from core.device import autocast, choose_attention
-    from core.model import MaskedAutoencoder
 
     torch.manual_seed(0)
     cpu = torch.device("cpu")
-    model = choose_attention(MaskedAutoencoder(ModelConfig(variant="vit_fmnist")), cpu, "bf16")
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     imgs = torch.randn(batch_size, 1, 28, 28)
+    step = make_step(ours_model(ModelConfig(variant="vit_fmnist"), cpu, "bf16"), imgs, "bf16", hf=False)
     rates = []
     for i in range(steps + 2):
         start = time.perf_counter()
-        with autocast(cpu, "bf16"):
-            loss = model(imgs, loss_only=True)[0]
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        step()
         if i >= 2:
             rates.append(batch_size / (time.perf_counter() - start))
     return sorted(rates)[len(rates) // 2]

@@ -22,9 +22,9 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_pretrain import counted_flops_per_image, make_step, ours_model  # noqa: E402
 from results_file import save  # noqa: E402
 from core.config import ModelConfig  # noqa: E402
-from core.device import autocast, choose_attention  # noqa: E402
 from core.model import MaskedAutoencoder  # noqa: E402
 
 ARMS = {  # Table 2's rows for ViT-L
@@ -32,16 +32,6 @@ ARMS = {  # Table 2's rows for ViT-L
     "w/o mask token, dec 8": dict(mask_token_in_encoder=False, decoder_depth=8),
     "w/o mask token, dec 1": dict(mask_token_in_encoder=False, decoder_depth=1),
 }
-
-
-def counted_train_flops(cfg: ModelConfig, batch: int = 2) -> float:
-    with torch.device("meta"):
-        model = MaskedAutoencoder(cfg)
-        imgs = torch.randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size)
-        noise = torch.rand(batch, cfg.num_patches)
-    with FlopCounterMode(display=False) as counter:
-        model(imgs, noise=noise, loss_only=True)[0].backward()  # the training step, as the engine runs it
-    return counter.get_total_flops() / batch
 
 
 def decoder_share_per_token(cfg: ModelConfig) -> float:
@@ -61,18 +51,11 @@ def decoder_share_per_token(cfg: ModelConfig) -> float:
 
 
 def step_seconds(cfg: ModelConfig, batch: int, precision: str, repeats: int) -> float:
+    """Median seconds of our training step (bench_pretrain's: as the engine runs it)."""
     torch.manual_seed(0)
-    model = choose_attention(MaskedAutoencoder(cfg), torch.device("cpu"), precision)  # as the engine runs it
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    cpu = torch.device("cpu")
     imgs = torch.randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size)
-
-    def step() -> None:
-        with autocast(torch.device("cpu"), precision):
-            loss = model(imgs, loss_only=True)[0]
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
+    step = make_step(ours_model(cfg, cpu, precision), imgs, precision, hf=False)
     step()
     times = []
     for _ in range(repeats):
@@ -102,7 +85,7 @@ def run(batch: int, repeats: int, precision: str) -> str:
              "| arm | counted train GFLOPs/img | FLOPs vs w/o dec 8 | step s | speedup vs w/ mask token | "
              "achieved TFLOP/s | of matmul peak |", "|---|---|---|---|---|---|---|"]
     peak = matmul_flops_per_s(precision)
-    flops = {name: counted_train_flops(base.model_copy(update=arm)) for name, arm in ARMS.items()}
+    flops = {name: counted_flops_per_image(base.model_copy(update=arm)) for name, arm in ARMS.items()}
     seconds = {name: step_seconds(base.model_copy(update=arm), batch, precision, repeats) for name, arm in ARMS.items()}
     ref = "w/ mask token, dec 8"
     for name in ARMS:

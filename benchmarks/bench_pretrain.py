@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -30,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_file import save  # noqa: E402
 from core.config import ModelConfig  # noqa: E402
 from core.device import autocast, choose_attention  # noqa: E402
+from core.flops import train_flops_per_image  # noqa: E402
 from core.model import MaskedAutoencoder  # noqa: E402
 
 CONFIGS = {  # environment.md's measured configurations
@@ -93,13 +93,11 @@ def interleaved_rates(steps: dict[str, Callable[[], None]], batch: int, n: int, 
 
 
 def counted_flops_per_image(cfg: ModelConfig) -> float:
-    """Training FLOPs (forward + backward) per image, counted by torch on the meta device."""
-    with torch.device("meta"):
-        model = MaskedAutoencoder(cfg)
-        imgs = torch.randn(2, cfg.in_chans, cfg.img_size, cfg.img_size)
-    with FlopCounterMode(display=False) as counter:
-        model(imgs, loss_only=True)[0].backward()
-    return counter.get_total_flops() / 2
+    """Training FLOPs (forward + backward) per image of our training step, as the engine records
+    them (core.flops), counted on the meta device: no memory, no compute."""
+    meta = torch.device("meta")
+    with meta:
+        return train_flops_per_image(MaskedAutoencoder(cfg), meta)
 
 
 def matmul_limit(precision: str, device: torch.device, n: int = 4096, repeats: int = 5) -> float:
