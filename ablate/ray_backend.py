@@ -26,12 +26,12 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ray import tune
 from ray.tune.search import Searcher
 
-from ablate import store
+from ablate import ray_cluster, store
 from ablate.errors import CannotRun, ClusterTooSmall
 from ablate.events import Listeners
 from ablate.plan import Stage
@@ -233,11 +233,13 @@ def _error_text(trial) -> str:
 
 
 class RayBackend:
-    """Local Ray by default (`ray.init` with this machine's CPUs, no dashboard, workers' logs kept
-    off the terminal); `address` joins a running cluster ("auto" or host:port)."""
+    """A private local Ray by default (this machine's CPUs, no dashboard, workers' logs kept off the
+    terminal; never a stale or foreign cluster); `address` joins a running cluster ("auto" or
+    host:port, with the user's Ray token where there is one), and `say` is told which one."""
 
-    def __init__(self, address: str | None = None, max_concurrent: int | None = None):
-        self.address, self.max_concurrent = address, max_concurrent
+    def __init__(self, address: str | None = None, max_concurrent: int | None = None,
+                 say: Callable[[str], None] | None = None):
+        self.address, self.max_concurrent, self.say = address, max_concurrent, say
         self._started = False
 
     def __enter__(self) -> RayBackend:
@@ -252,17 +254,11 @@ class RayBackend:
         if ray.is_initialized():
             return
         if self.address:
-            try:
-                ray.init(address=self.address, log_to_driver=False, logging_level=logging.ERROR)
-            except (ConnectionError, RuntimeError, ValueError) as e:
-                raise CannotRun(f"--address {self.address}: cannot join a Ray cluster there "
-                                f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+            joined = ray_cluster.join(self.address)
+            if self.say is not None:
+                self.say(joined)
         else:
-            # a local cluster's workers inherit this environment: OpenMP threads that spin-wait
-            # between small ops take cores from the trials beside them
-            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-            ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.ERROR)
+            ray_cluster.start_local(num_cpus=len(os.sched_getaffinity(0)))
         self._started = True
 
     def close(self) -> None:

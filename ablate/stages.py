@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ablate import store
+from ablate import node, store
 from ablate.plan import Stage
 from ablate.stage_warnings import recording as recording_warnings
 
@@ -160,10 +160,10 @@ def _run_locked(stage: Stage, out_root: Path, folder: Path, report: Report | Non
                 fault: Fault, launch: Launch) -> dict[str, Any]:
     (folder / store.ERROR).unlink(missing_ok=True)  # a previous attempt's; this one decides
     store.write_json_atomic(folder / store.CONFIG, dict(stage.config))
-    meta = store.read_json(folder / "stage.json") or {"attempts": []}
+    meta = store.read_json(folder / store.META) or {"attempts": []}
     meta.update(id=stage.id, kind=stage.kind, runner=stage.runner, parent=stage.parent, workers=stage.workers)
-    meta["attempts"].append({"started_at": _now(), "pid": os.getpid()})
-    store.write_json_atomic(folder / "stage.json", meta)
+    meta["attempts"].append({"started_at": _now(), "pid": os.getpid(), **node.describe(stage.recipe.get("device", "auto"))})
+    store.write_json_atomic(folder / store.META, meta)
     if threads and stage.recipe.get("threads") is None and stage.workers == 1:  # workers set their own
         import torch
         torch.set_num_threads(threads)

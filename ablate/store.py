@@ -27,6 +27,7 @@ from typing import Any, Iterable
 DONE, FAILED, PENDING, BLOCKED = "done", "failed", "pending", "blocked"  # blocked: a parent failed
 CONFIG, METRICS, RESULT, ERROR = "config.json", "metrics.jsonl", "result.json", "error.txt"
 WARNINGS = "warnings.jsonl"
+META = "stage.json"  # the stage's attempts: when, which process, which host, Ray node and device
 DEFAULT_OUT = Path("runs")
 # The disk refused a write: full, over quota or read-only. Not a stage's fault: nothing to retry
 # until someone frees space, so the study stops and a rerun resumes it.
@@ -167,3 +168,19 @@ def warnings(out_root: Path, stage_id: str) -> list[dict[str, Any]]:
         if isinstance(row, dict) and "message" in row:
             out.append(row)
     return out
+
+
+def attempts(out_root: Path, stage_id: str) -> list[dict[str, Any]]:
+    """The stage's attempts, oldest first: `started_at`, `pid`, `host`, `device` and, under Ray, `ray_node_id`."""
+    meta = read_json(stage_dir(out_root, stage_id) / META)
+    rows = meta.get("attempts") if isinstance(meta, dict) else None
+    return [a for a in rows if isinstance(a, dict)] if isinstance(rows, list) else []
+
+
+def ran_on(out_root: Path, stage_id: str) -> str:
+    """'host (device)' of the stage's last attempt; '' before its first."""
+    tried = attempts(out_root, stage_id)
+    if not tried or "host" not in tried[-1]:
+        return ""
+    last = tried[-1]
+    return f"{last['host']} ({last.get('device', '?')})"

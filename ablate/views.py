@@ -94,7 +94,7 @@ def plan_table(plan: Plan, out_root: Path, console: Console) -> None:
 def status_table(plan: Plan, out_root: Path, console: Console) -> None:
     states = current_states(plan, out_root)
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("stage id", "stage", "arms", "state", "epochs", "result / error"):
+    for column in ("stage id", "stage", "arms", "state", "epochs", "ran on", "result / error"):
         table.add_column(column, no_wrap=column == "stage id")
     for sid, stage in plan.stages.items():
         users = plan.users(sid)
@@ -108,7 +108,7 @@ def status_table(plan: Plan, out_root: Path, console: Console) -> None:
             detail = f"waits for {stage.parent}, which failed"
         table.add_row(sid, users[0][1] if users else stage.kind,
                       arms[0] if len(arms) == 1 else f"{len(arms)} arms", states[sid],
-                      f"{reported}/{stage.epochs}", detail[:120])
+                      f"{reported}/{stage.epochs}", store.ran_on(out_root, sid), detail[:120])
     console.print(table)
     for sid in plan.stages:  # what the stage's own code warned about while it ran (its folder's warnings.jsonl)
         for note in store.warnings(out_root, sid):

@@ -1,0 +1,124 @@
+"""Starting a private local Ray, or joining a running cluster, with one-line errors.
+
+- Without an address the driver always starts its own Ray (`address="local"`): a plain
+  `ray.init()` would join whatever cluster Ray's "current cluster" file names, also a stale one
+  left by a head that was killed, and then refuse `num_cpus` (environment.md).
+- With an address, Ray 2.60's token authentication (on by default for `ray start --head`) is
+  used whenever the user has a token in one of Ray's own places (`RAY_AUTH_TOKEN`,
+  `RAY_AUTH_TOKEN_PATH`, `~/.ray/auth_token`) and has not chosen a mode (`RAY_AUTH_MODE`): Ray
+  itself only does that for `address="auto"`. Ray's gRPC retry lines go to a log file instead of
+  the terminal; a refused connection is one line saying what to set.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from ablate.errors import CannotRun
+
+AUTH_MODE = "RAY_AUTH_MODE"
+TOKEN_VARS = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+AUTH_HINT = ("set RAY_AUTH_TOKEN to the cluster's token (`ray get-auth-token` on the head prints it), or "
+             "RAY_AUTH_TOKEN_PATH to a file holding it, or copy it to ~/.ray/auth_token")
+
+
+def default_token_file() -> Path:
+    return Path.home() / ".ray" / "auth_token"
+
+
+def token_source() -> str | None:
+    """Where a Ray token is found, in Ray's own order of sources; None when there is none."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return "RAY_AUTH_TOKEN"
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if path:
+        return f"RAY_AUTH_TOKEN_PATH ({path})" if Path(path).expanduser().is_file() else None
+    return str(default_token_file()) if default_token_file().is_file() else None
+
+
+def use_token_if_available() -> str | None:
+    """Turn on token authentication for this process and its children when a token is there and
+    the user chose no mode; returns the token's source (None: nothing changed)."""
+    if os.environ.get(AUTH_MODE) is not None:
+        return None
+    source = token_source()
+    if source is None:
+        return None
+    os.environ[AUTH_MODE] = "token"
+    try:  # Ray caches its config at import: refresh it, as Ray does when it turns tokens on itself
+        from ray._raylet import Config
+        Config.initialize("")
+    except Exception:  # noqa: BLE001 - an older or newer Ray without it reads the variable at init
+        pass
+    return source
+
+
+@contextmanager
+def stderr_to(path: Path) -> Iterator[None]:
+    """File descriptor 2 into `path` (Ray's C++ core logs gRPC retries there, past Python's logging)."""
+    saved = os.dup(2)
+    try:
+        with open(path, "ab") as log:
+            os.dup2(log.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+def join(address: str) -> str:
+    """Connect to the cluster at `address` ('auto' or host:port); returns a one-line description of it."""
+    import ray
+
+    token = None if address in ("auto", "local") else use_token_if_available()
+    log = Path(tempfile.gettempdir()) / f"ablate-ray-connect-{os.getpid()}.log"
+    try:
+        with stderr_to(log):
+            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+    except Exception as e:  # noqa: BLE001 - ConnectionError, RuntimeError, AuthenticationError, ...
+        said = log.read_text(errors="replace") if log.is_file() else ""
+        if "InvalidAuthToken" in said or "uthenticat" in f"{type(e).__name__} {e}":
+            mode = os.environ.get(AUTH_MODE)
+            if token is None and mode is not None and mode != "token":
+                raise CannotRun(f"--address {address}: the cluster requires token authentication but "
+                                f"{AUTH_MODE}={mode} here; unset it or set it to 'token', and {AUTH_HINT}") from None
+            why = (f"the cluster refused the token from {token}" if token else
+                   "the cluster requires token authentication and no token was found" if token_source() is None else
+                   f"the cluster refused the token from {token_source()}")
+            raise CannotRun(f"--address {address}: {why}; {AUTH_HINT}") from None
+        raise CannotRun(f"--address {address}: cannot join a Ray cluster there ({_first_line(e)}); "
+                        f"Ray's own log of the attempt: {log}") from None
+    log.unlink(missing_ok=True)
+    return describe(address, token)
+
+
+def describe(address: str, token: str | None = None) -> str:
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    cpus = sum(n.get("Resources", {}).get("CPU", 0) for n in nodes)
+    gpus = sum(n.get("Resources", {}).get("GPU", 0) for n in nodes)
+    gcs = ray.get_runtime_context().gcs_address
+    auth = f", token from {token}" if token else ""
+    return (f"joined Ray cluster at {gcs} (--address {address}{auth}): {len(nodes)} node(s), {cpus:g} CPU, "
+            f"{gpus:g} GPU")
+
+
+def start_local(num_cpus: int) -> None:
+    """A private Ray on this machine, never a cluster named in Ray's 'current cluster' file."""
+    import ray
+
+    # a local cluster's workers inherit this environment: OpenMP threads that spin-wait between
+    # small ops take cores from the trials beside them
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+             logging_level=logging.ERROR)

@@ -1,0 +1,208 @@
+"""Ray as users meet it: a stale "current cluster" file, a head started with Ray's defaults (token
+authentication on), and the last-resort error path.
+
+Each `ablate run` here is a real subprocess with its own HOME (where Ray keeps its token) and its
+own Ray temp folder, so the stale file and the token are the test's alone; the head is a real
+`ray start --head`, stopped by its process group (never `ray stop`, which stops every Ray).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ablate import ray_cluster
+
+pytestmark = pytest.mark.slow
+VENV_BIN = Path(sys.executable).parent
+PROFILE = """\
+description: tiny cluster-test profile
+base:
+  model: {variant: vit_test}
+  data: {dataset: synthetic, synthetic_size: 64, num_workers: 0}
+  pretrain: {epochs: 2, warmup_epochs: 0, batch_size: 16, device: cpu, threads: 1}
+  linear_probe: {epochs: 1, warmup_epochs: 0, batch_size: 16, augmentation: none, device: cpu, threads: 1}
+resources: {cpu: 1, gpu: 0}
+"""
+STUDY = "name: tiny\naxes:\n  model.mask_ratio: [0.5, 0.75]\nevaluations: [linear_probe]\nfigures: []\n"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """The user's HOME, shared by the head and its clients in this module (Ray's token is there)."""
+    return tmp_path_factory.mktemp("home")
+
+
+@pytest.fixture
+def project(tmp_path, home):
+    (tmp_path / "home").symlink_to(home)
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "tiny.yaml").write_text(PROFILE)
+    (tmp_path / "tiny.yaml").write_text(STUDY)
+    return tmp_path
+
+
+def clean_env(home: Path, ray_tmp: str | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"), PYTHONUNBUFFERED="1")
+    if ray_tmp is not None:
+        env["RAY_TMPDIR"] = ray_tmp
+    return env
+
+
+def ablate(project: Path, *args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([str(VENV_BIN / "ablate"), *args], cwd=project, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def results(out: Path) -> pd.DataFrame:
+    return pd.read_csv(out / "tiny" / "results.csv").set_index("arm")[["lin_top1", "pretrain_loss"]]
+
+
+@pytest.fixture(scope="module")
+def head(home):
+    """`ray start --head` with Ray's defaults, in its own process group and temp folder, by a user
+    who has a Ray token (any earlier local `ray.init` writes ~/.ray/auth_token): Ray then turns
+    token authentication on."""
+    temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths have a length limit
+    port = free_port()
+    env = clean_env(home)
+    subprocess.run([str(VENV_BIN / "ray"), "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
+    proc = subprocess.Popen([str(VENV_BIN / "ray"), "start", "--head", f"--port={port}", "--num-cpus=2",
+                             "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output
+    assert "Token authentication is enabled" in output
+    yield f"127.0.0.1:{port}"
+    os.killpg(proc.pid, signal.SIGKILL)  # the head's daemons share the group of `ray start`
+
+
+def test_stale_current_cluster_file_and_token_cluster_give_the_same_results(project, head):
+    """A plain run starts a private Ray despite a stale 'current cluster' file (left untouched);
+    `--address` to a head with token authentication finds the user's token by itself; both give
+    the same numbers to the digit, and every stage's MLflow run names the node it ran on."""
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    stale = Path(ray_tmp) / "ray_current_cluster"
+    stale.write_text("127.0.0.1:1\n")  # a head that was killed: nothing listens there
+    local = ablate(project, "run", "tiny.yaml", "--profile", "tiny", "--out", "local",
+                   env=clean_env(project / "home", ray_tmp))
+    assert local.returncode == 0, local.stderr + local.stdout
+    assert stale.read_text() == "127.0.0.1:1\n"
+
+    joined = ablate(project, "run", "tiny.yaml", "--profile", "tiny", "--out", "cluster", "--address", head,
+                    env=clean_env(project / "home"))
+    assert joined.returncode == 0, joined.stderr + joined.stdout
+    assert "joined Ray cluster" in joined.stdout and "token from" in joined.stdout
+    for proc in (local, joined):
+        assert "Traceback" not in proc.stderr + proc.stdout and "InvalidAuthToken" not in proc.stderr
+    pd.testing.assert_frame_equal(results(project / "local"), results(project / "cluster"))
+
+    import mlflow
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'cluster' / 'tiny' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.role = 'stage'")
+    assert len(runs) == 4
+    for run in runs:
+        tags = run.data.tags
+        assert tags["node.host"] == socket.gethostname() and len(tags["node.ray_node_id"]) >= 32
+        assert tags["node.device"] == ray_cluster_cpu()
+    status = ablate(project, "status", "tiny.yaml", "--profile", "tiny", "--out", "cluster",
+                    env=clean_env(project / "home"))
+    assert status.returncode == 0 and socket.gethostname() in status.stdout
+
+
+def ray_cluster_cpu() -> str:
+    from ablate.node import cpu_model
+    return cpu_model()
+
+
+def test_a_token_cluster_without_a_token_is_one_line(project, head):
+    """No token anywhere (another HOME): one line that says what to set; Ray's gRPC retries stay
+    off the terminal; nothing is created under --out."""
+    other = project / "elsewhere"
+    other.mkdir()
+    refused = ablate(project, "run", "tiny.yaml", "--profile", "tiny", "--out", "out", "--address", head,
+                     env=clean_env(other))
+    assert refused.returncode == 1
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1, refused.stderr
+    assert "requires token authentication and no token was found" in lines[0] and "RAY_AUTH_TOKEN" in lines[0]
+    assert not (project / "out" / "tiny").exists()
+
+
+def test_token_is_used_only_where_the_user_has_one(tmp_path, monkeypatch):
+    for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert ray_cluster.token_source() is None and ray_cluster.use_token_if_available() is None
+    assert "RAY_AUTH_MODE" not in os.environ
+    token = tmp_path / "token"
+    token.write_text("x" * 32)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    assert ray_cluster.use_token_if_available() == f"RAY_AUTH_TOKEN_PATH ({token})"
+    assert os.environ["RAY_AUTH_MODE"] == "token"
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the user's own choice is kept
+    assert ray_cluster.use_token_if_available() is None and os.environ["RAY_AUTH_MODE"] == "disabled"
+
+
+def test_unexpected_error_is_one_line_with_the_traceback_in_a_file(project, monkeypatch):
+    """The last resort: an exception nothing else handles is one line naming it and the file that
+    holds its traceback; before the study folder exists that file is in the user's cache, so
+    nothing is created under --out; afterwards it is in the study folder."""
+    from typer.testing import CliRunner
+
+    from ablate import cli, preflight
+
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(project / "cache"))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected\nsecond line")
+
+    monkeypatch.setattr(preflight, "check_output", broken)
+    result = CliRunner().invoke(cli.app, ["run", "tiny.yaml", "--profile", "tiny", "--out", "out"])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert "RuntimeError: injected second line" in lines[0] and "test_cluster.py" in lines[0] and "in broken" in lines[0]
+    (log,) = (project / "cache" / "mae-ablate").glob("crash-*.log")
+    assert str(log) in lines[0] and "Traceback" in log.read_text() and "injected" in log.read_text()
+    assert not (project / "out").exists()
+
+    (project / "out" / "tiny").mkdir(parents=True)  # the study folder exists: the traceback goes there
+    result = CliRunner().invoke(cli.app, ["run", "tiny.yaml", "--profile", "tiny", "--out", "out"])
+    assert result.exit_code == 1
+    (log,) = (project / "out" / "tiny").glob("crash-*.log")
+    assert str(log) in result.stderr
+
+
+def test_abort_is_one_line(project, monkeypatch):
+    """Click's Abort (typer's vendored click has no `exceptions.Abort`; it used to crash the handler)."""
+    import typer
+    from typer.testing import CliRunner
+
+    from ablate import cli
+
+    monkeypatch.chdir(project)
+
+    def abort(*args, **kwargs):
+        raise typer.Abort()
+
+    monkeypatch.setattr(cli, "load", abort)
+    result = CliRunner().invoke(cli.app, ["plan", "tiny.yaml"])
+    assert result.exit_code == cli.EXIT_INTERRUPTED and result.stderr.strip() == "aborted"
+    assert "Traceback" not in result.output
