@@ -19,7 +19,7 @@ import typer.core
 from rich.console import Console
 from typer.core import TyperGroup
 
-from ablate import preflight, store
+from ablate import crash, preflight, store
 from ablate.errors import EXIT_BAD_INPUT, CannotRun, StudyError
 from ablate.plan import Plan, plan
 from ablate.profiles import DEFAULT_PROFILE, load_profile
@@ -28,6 +28,8 @@ from ablate.study import load_study
 # The click typer parses with: typer 0.29 vendors it as `typer._click`, older typers use `click`.
 _CLICK = getattr(typer.core, "_click", None) or importlib.import_module("click")
 click_errors = importlib.import_module(f"{_CLICK.__name__}.exceptions")
+# Vendored click raises typer's own Abort (it has no `exceptions.Abort`); plain click its own.
+ABORT: tuple[type[BaseException], ...] = tuple({typer.Abort, getattr(click_errors, "Abort", typer.Abort)})
 
 
 class OneLineUsage(TyperGroup):
@@ -45,9 +47,12 @@ class OneLineUsage(TyperGroup):
         except click_errors.ClickException as e:
             typer.echo(usage_line(e), err=True)
             sys.exit(e.exit_code)
-        except click_errors.Abort:
+        except (*ABORT, KeyboardInterrupt):
             typer.echo("aborted", err=True)
-            sys.exit(1)
+            sys.exit(EXIT_INTERRUPTED)
+        except Exception as e:  # noqa: BLE001 - the last resort: one line, the traceback in a file
+            typer.echo(crash.report(e), err=True)
+            sys.exit(EXIT_FAILED)
         sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -82,6 +87,11 @@ ProfileOpt = Annotated[Optional[str], typer.Option(
     "--profile", "-p", help=f"Profile name (studies/profiles/<name>.yaml) or a profile file. "
                             f"Default: {DEFAULT_PROFILE}; for status and report, the one the study last ran with.",
     show_default=False)]
+SeedsOpt = Annotated[Optional[int], typer.Option(
+    "--seeds", "-s", min=1, max=100, help="Run each arm at this many seeds (the study's own seeds first, then 0, 1, "
+                                          "2, ... not yet listed); stages of seeds already run are reused. Default: "
+                                          "the study's seeds; for status and report, the count the study last ran "
+                                          "with.", show_default=False)]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output root: the shared stage store and one folder per "
                                                            "study.")]
 
@@ -103,39 +113,44 @@ def _console() -> Console:
     return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
-def load(study_file: Path, profile: str | None, out: Path | None = None, *, say: bool = True) -> Plan:
-    """Study + profile -> a validated plan, printing which profile runs."""
+def load(study_file: Path, profile: str | None, out: Path | None = None, *, seeds: int | None = None,
+         say: bool = True) -> Plan:
+    """Study + profile (+ a seed count) -> a validated plan, printing which profile runs. Given
+    `out`, a profile or seed count left out is the one the study last ran with."""
     with bad_input():
         study = load_study(study_file)
-        if profile is None and out is not None:  # reuse what the study last ran with
-            from ablate.runner import last_profile
-            profile = last_profile(store.study_dir(out, study.name))
+        if out is not None:  # reuse what the study last ran with
+            from ablate.runner import last_profile, last_run
+            folder = store.study_dir(out, study.name)
+            profile = profile if profile is not None else last_profile(folder)
+            seeds = seeds if seeds is not None else last_run(folder).get("seed_count")
         prof = load_profile(profile or DEFAULT_PROFILE, study.source)
-        the_plan = plan(study, prof)
+        the_plan = plan(study.with_seeds(seeds), prof)
     if say:
         _console().print(f"profile {prof.name}: {prof.description}")
     return the_plan
 
 
 @app.command()
-def validate(study: StudyArg, profile: ProfileOpt = None) -> None:
+def validate(study: StudyArg, profile: ProfileOpt = None, seeds: SeedsOpt = None) -> None:
     """Check a study against a profile: schema, and the merged config of every arm. Writes nothing."""
-    p = load(study, profile)
+    p = load(study, profile, seeds=seeds)
     _console().print(f"ok: {study} is valid: {len(p.arms)} arm(s) x {len(p.study.seeds)} seed(s), "
                      f"{len(p.stages)} stage(s)")
 
 
 @app.command(name="plan")
-def show_plan(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT_OUT) -> None:
+def show_plan(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT_OUT,
+              seeds: SeedsOpt = None) -> None:
     """Show the stage table (arm, stage, stage id, done?) with a cost estimate. Runs and writes nothing."""
     from ablate.views import plan_table
 
-    p = load(study, profile)
+    p = load(study, profile, seeds=seeds)
     plan_table(p, out, _console())
 
 
 @app.command()
-def run(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT_OUT,
+def run(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT_OUT, seeds: SeedsOpt = None,
         address: Annotated[Optional[str], typer.Option(help="Join a running Ray cluster ('auto' or host:port) "
                                                             "instead of starting a local one.")] = None,
         rerun_failed: Annotated[bool, typer.Option("--rerun-failed", help="Retry stages that failed (otherwise "
@@ -148,7 +163,8 @@ def run(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT
     from ablate.runner import run_study
     from ablate.views import outcome_summary
 
-    p = load(study, profile)
+    p = load(study, profile, seeds=seeds)
+    crash.write_into(store.study_dir(out, p.study.name))
     with bad_input():  # before anything is written or started
         preflight.check_output(out, p.study.name)
         if address is None:  # on a cluster the trials read the data on their nodes
@@ -157,21 +173,23 @@ def run(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT
     for line in preflight.summary(p, out, data_checked=address is None):
         console.print(line)
     try:
-        outcome = run_study(p, out, backend=RayBackend(address, max_concurrent), rerun_failed=rerun_failed,
+        outcome = run_study(p, out, backend=RayBackend(address, max_concurrent, say=console.print), rerun_failed=rerun_failed,
                             console=console)
     except CannotRun as e:
         typer.echo(f"cannot run {p.study.name}: {e}", err=True)
         raise typer.Exit(e.exit_code) from None
-    code = outcome_summary(p, outcome, console, resume=_resume_command(study, profile, out))
+    code = outcome_summary(p, outcome, console, resume=_resume_command(study, profile, out, seeds))
     raise typer.Exit(EXIT_INTERRUPTED if outcome.interrupted else code)
 
 
 @app.command()
-def status(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT_OUT) -> None:
+def status(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT_OUT,
+           seeds: SeedsOpt = None) -> None:
     """Per-stage state from the stage store: done, failed (with the error), blocked or pending."""
     from ablate.views import status_table
 
-    p = load(study, profile, out)
+    p = load(study, profile, out, seeds=seeds)
+    crash.write_into(store.study_dir(out, p.study.name))
     status_table(p, out, _console())
 
 
@@ -191,6 +209,14 @@ def ui(study: StudyArg, out: OutOpt = store.DEFAULT_OUT,
     mlflow = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
     command = [mlflow, "ui", "--backend-store-uri", f"sqlite:///{db}", "--host", "127.0.0.1", "--port", str(port)]
     typer.echo(f"MLflow UI for {s.name} on http://127.0.0.1:{port} (Ctrl-C to stop): {' '.join(command)}")
+    from ablate.runner import last_run
+
+    experiment_id = (last_run(store.study_dir(out, s.name)).get("mlflow") or {}).get("experiment_id")
+    if experiment_id is not None:
+        typer.echo(f"study experiment: http://127.0.0.1:{port}/#/experiments/{experiment_id}")
+    typer.echo("to compare stages: search `tags.stage = 'linear_probe'` (or finetune, pretrain), select the runs and "
+               "press Compare; every stage run has its whole lineage as params (pretrain.*, model.*, data.*), so "
+               "the parallel-coordinates and scatter views plot lin_top1 or ft_top1 against any axis of the study")
     try:
         subprocess.run(command, check=False)
     except KeyboardInterrupt:
@@ -198,13 +224,15 @@ def ui(study: StudyArg, out: OutOpt = store.DEFAULT_OUT,
 
 
 @app.command()
-def report(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT_OUT) -> None:
+def report(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT_OUT,
+           seeds: SeedsOpt = None) -> None:
     """Rebuild results.csv and history.csv from the stage store and redraw the figures and tables."""
     from ablate import results
     from ablate.runner import last_run
 
-    p = load(study, profile, out)
+    p = load(study, profile, out, seeds=seeds)
     folder = store.study_dir(out, p.study.name)
+    crash.write_into(folder)
     if not folder.is_dir():
         typer.echo(f"no results for {p.study.name} under {out}; run it first: ablate run {study}", err=True)
         raise typer.Exit(EXIT_FAILED)
@@ -214,10 +242,12 @@ def report(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFA
     typer.echo(f"report: {path}" if path else "report: not drawn (the dashboards package is not installed)")
 
 
-def _resume_command(study: Path, profile: str | None, out: Path) -> str:
+def _resume_command(study: Path, profile: str | None, out: Path, seeds: int | None = None) -> str:
     parts = ["ablate", "run", str(study)]
     if profile is not None:
         parts += ["--profile", profile]
+    if seeds is not None:
+        parts += ["--seeds", str(seeds)]
     if Path(out) != store.DEFAULT_OUT:
         parts += ["--out", str(out)]
     return " ".join(parts)

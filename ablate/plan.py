@@ -356,7 +356,13 @@ def _plan(study: Study, profile: Profile) -> Plan:
         stages.setdefault(sid, Stage(sid, kind, runner, config, parent, workers))
         return sid
 
-    for arm in expand_arms(study):
+    arms = expand_arms(study)
+    if study.baseline is not None and study.baseline not in {a.name for a in arms}:
+        scaled = profile.name in study.profiles and study.profiles[profile.name].baseline is not None
+        where = f"profiles.{profile.name}.baseline" if scaled else "baseline"
+        raise StudyError(study.source, where, f"no arm is named {study.baseline!r} at profile {profile.name}; "
+                                              f"arms: {', '.join(a.name for a in arms)}")
+    for arm in arms:
         for seed in study.seeds:
             configs = resolver.resolve(arm, seed)
             model, data = _dump(configs["model"]), _dump(configs["data"])

@@ -158,7 +158,8 @@ def write_report(plan: Plan, out_root: Path, study_dir: Path, results: pd.DataFr
                 settings[f"{name}.epochs"] = plan.stages[sid].epochs
     axes = {key: list(dict.fromkeys(_hashable(r.axes[key]) for r in plan.runs)) for key in plan.axis_keys}
     info = {"name": study.name, "description": study.description, "profile": plan.profile.name,
-            "profile_description": plan.profile.description, "axes": axes, "settings": settings}
+            "profile_description": plan.profile.description, "axes": axes, "settings": settings,
+            "baseline": study.baseline, "trend": study.trend, "equivalence_margin": study.equivalence_margin}
     return dashboards_report(study_dir / REPORT, study=info, results=results, history=history,
                              figures=list(study.figures), tables=list(study.tables),
                              recon_files=recon_files(plan, out_root), mlflow=mlflow)

@@ -112,7 +112,8 @@ def _run_study(plan: Plan, out_root: Path, *, backend: Backend | None, rerun_fai
     study_dir.mkdir(parents=True, exist_ok=True)
     store.write_json_atomic(study_dir / RUN_INFO, {
         "study": plan.study.name, "study_file": str(plan.study.source or ""), "profile": plan.profile.name,
-        "profile_file": str(plan.profile.source or ""), "out_root": str(out_root), "started_at": time.strftime("%c")})
+        "profile_file": str(plan.profile.source or ""), "out_root": str(out_root), "started_at": time.strftime("%c"),
+        "seeds": list(plan.study.seeds), "seed_count": len(plan.study.seeds)})
     tracker.backfill(states)  # runs a killed driver left RUNNING are brought in line with the store
     view = LiveView(plan, states, console=console, out_root=out_root)
     outcome = Outcome(study_dir, states, mlflow=tracker.info())
@@ -228,6 +229,7 @@ def _publish(plan: Plan, out_root: Path, study_dir: Path, outcome: Outcome, trac
             if source is not None:
                 paths.append(Path(source))
         _tracking(console, tracker.log_study_artifacts, paths)
+        _tracking(console, tracker.log_study_summary, table)
 
 
 def last_profile(study_dir: Path) -> str | None:

@@ -150,6 +150,7 @@ class AtScale(Frozen):
     base: Overlay = {}
     axes: dict[str, list[Any]] = {}
     partial_finetune: PartialFinetune | None = None
+    baseline: str | None = None  # the baseline arm's name at this scale, where the arms differ
 
     @field_validator("base", mode="before")
     @classmethod
@@ -184,6 +185,11 @@ class Study(Frozen):
     figures: list[str] = []
     tables: list[str] = []
     profiles: dict[str, AtScale] = {}  # profile name -> what changes at its scale
+    # The study's question: each arm against a baseline arm (the paper's grey row), or a trend along
+    # one axis (e.g. the schedule). Differences inside +-equivalence_margin points count as none.
+    baseline: str | None = None
+    trend: str | None = None
+    equivalence_margin: float = Field(1.0, gt=0, allow_inf_nan=False)
 
     _source: Path | None = PrivateAttr(None)
 
@@ -246,6 +252,11 @@ class Study(Frozen):
                                  f"replaces the values of: {', '.join(self.axes) or 'no axes'}")
             if scale.partial_finetune is not None and self.partial_finetune is None:
                 raise StudyError(None, f"profiles.{name}.partial_finetune", "the study has no partial_finetune")
+        if self.baseline is not None and self.trend is not None:
+            raise StudyError(None, "trend", "a study is judged against a baseline arm or along a trend, not both")
+        if self.trend is not None and self.trend not in self.varied_keys:
+            raise StudyError(None, "trend", f"{self.trend!r} is not a key the arms vary; "
+                                            f"allowed: {', '.join(self.varied_keys) or 'none'}")
         if self.search is not None and self.search.section not in self.evaluations:
             raise StudyError(None, "search.param", f"searches {self.search.param} but '{self.search.section}' is not "
                                                    f"in evaluations")
@@ -264,7 +275,22 @@ class Study(Frozen):
         for section, fields in scale.base.items():
             base.setdefault(section, {}).update(fields)
         return self.model_copy(update={"base": base, "axes": {**self.axes, **scale.axes},
-                                       "partial_finetune": scale.partial_finetune or self.partial_finetune})
+                                       "partial_finetune": scale.partial_finetune or self.partial_finetune,
+                                       "baseline": scale.baseline or self.baseline})
+
+    def with_seeds(self, count: int | None) -> Study:
+        """The study widened (or narrowed) to `count` seeds: its own seeds first, then the next unused
+        integers, so the stages of the seeds already run keep their ids and are reused."""
+        if count is None:
+            return self
+        seeds, candidate = list(self.seeds[:count]), 0
+        while len(seeds) < count:
+            if candidate not in seeds:
+                seeds.append(candidate)
+            candidate += 1
+        widened = self.model_copy(update={"seeds": seeds})
+        widened._source = self._source
+        return widened
 
     @property
     def varied_keys(self) -> list[str]:

@@ -34,6 +34,19 @@ END_STATUS = {store.DONE: "FINISHED", store.FAILED: "FAILED"}
 LEFT_OPEN = ("RUNNING", "KILLED")  # a run its driver did not end (killed), or ended as interrupted
 
 
+def lineage_config(plan: Plan, stage_id: str) -> dict[str, Any]:
+    """The stage's resolved config and its ancestors' (an evaluation also has its pre-training's
+    `pretrain.*`), under the study's dotted names: in the MLflow UI every stage of a study can be
+    compared on any axis of it. A stage's own value wins where both have a key."""
+    out: dict[str, Any] = {}
+    sid: str | None = stage_id
+    while sid is not None:
+        stage = plan.stages[sid]
+        out = {**stage.flat_config(), **out}
+        sid = stage.parent
+    return out
+
+
 def default_uri(study_dir: Path) -> str:
     return f"sqlite:///{(Path(study_dir) / 'mlflow.db').resolve()}"
 
@@ -133,7 +146,7 @@ class StudyTracker:
         run_name = f"{arms[0] if len(arms) == 1 else f'{len(arms)} arms'}/{tags['stage']}"
         run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags).info.run_id
         self._created.add(run_id)
-        params = {k: _param(v) for k, v in stage.flat_config().items()}
+        params = {k: _param(v) for k, v in lineage_config(self.plan, stage_id).items()}
         params["parent_stage_id"] = stage.parent or "none"
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), PARAM_BATCH):
@@ -172,6 +185,8 @@ class StudyTracker:
         return [(rename.get(k, k), v, step) for k, v in metrics.items() if k != "epoch" and _number(v)]
 
     def _finish(self, stage_id: str, state: str, error: str | None) -> None:
+        from mlflow.entities import RunTag
+
         run_id = self.child(stage_id)
         stage = self.plan.stages[stage_id]
         folder = store.stage_dir(self.out_root, stage_id)
@@ -183,6 +198,12 @@ class StudyTracker:
         for name in (store.CONFIG, "reconstructions.npz", store.ERROR):
             if (folder / name).is_file():
                 self.client.log_artifact(run_id, str(folder / name))
+        self._log_pictures(run_id, stage_id)
+        tried = store.attempts(self.out_root, stage_id)
+        if tried and "host" in tried[-1]:  # where it ran (its last attempt)
+            last = tried[-1]
+            self.client.log_batch(run_id, tags=[RunTag(f"node.{key}", str(last[key]))
+                                                for key in ("host", "ray_node_id", "device") if last.get(key)])
         notes = [w["message"] for w in store.warnings(self.out_root, stage_id)]
         if notes:  # e.g. a damaged checkpoint skipped on resume
             self.client.set_tag(run_id, "warnings", "\n".join(notes)[-4000:])
@@ -191,6 +212,25 @@ class StudyTracker:
         elif "error" in self.client.get_run(run_id).data.tags:  # a failed stage that now succeeded
             self.client.delete_tag(run_id, "error")
         self.client.set_terminated(run_id, END_STATUS.get(state, "KILLED"))
+
+    def _log_pictures(self, run_id: str, stage_id: str) -> None:
+        """The stage's own pictures in its run, drawn from its own files: its per-epoch curves and,
+        for a pre-training, its reconstructions (none when the dashboards are not installed)."""
+        try:
+            import pandas as pd
+            from dashboards.figures import stage_curves
+            from dashboards.recon import reconstruction_grid
+        except ImportError:
+            return
+        stage = self.plan.stages[stage_id]
+        epochs = store.epochs(self.out_root, stage_id)
+        if epochs:
+            title = f"{self.client.get_run(run_id).info.run_name} ({stage_id})"
+            self.client.log_figure(run_id, stage_curves(pd.DataFrame(epochs), title), "curves.png")
+        recon = store.stage_dir(self.out_root, stage_id) / "reconstructions.npz"
+        if stage.kind == "pretrain" and recon.is_file():
+            self.client.log_figure(run_id, reconstruction_grid(recon, title=f"Reconstructions ({stage_id})"),
+                                   "reconstructions.png")
 
     def _catch_up(self, stage_id: str, run_id: str) -> None:
         """Log the epochs in the stage's metrics.jsonl that never reached the driver: a worker
@@ -255,6 +295,15 @@ class StudyTracker:
                 self.client.log_artifacts(self.parent_id, str(path), artifact_path=path.name)
             elif path.is_file():
                 self.client.log_artifact(self.parent_id, str(path))
+
+    def log_study_summary(self, results) -> None:
+        """Per arm the mean and 95% interval of each metric over its seeds, as a table in the
+        parent run (`summary.json`, shown in the UI's artifact view and by `mlflow.load_table`)."""
+        from dashboards.tables import aggregate
+
+        summary = aggregate(results)
+        if len(summary):
+            self.client.log_table(self.parent_id, data=summary, artifact_file="summary.json")
 
     def log_study_metrics(self, counts: dict[str, int]) -> None:
         self._log_metrics(self.parent_id, [(f"stages_{k}", v, 0) for k, v in counts.items()])

@@ -7,7 +7,9 @@ canvas, so they touch no global pyplot state and need no display.
 Conventions in every figure:
 - Ours on the left, titled with `results.attrs["ours_label"]` (the report sets it to
   e.g. "ours (fashion_mnist, profile laptop)"), the paper on the right.
-- Several seeds: the mean, with error bars from the minimum to the maximum.
+- Several seeds: the mean, with error bars of its 95% t-interval (dashboards.decide); one seed:
+  no bars, and the figure says that no interval is possible. An accuracy axis spans at least
+  2 points (`decide.y_span`), so that noise never looks like a slope.
 - An arm without a value is an 'x' at the bottom of the panel, named in the legend
   (red: failed, grey: pending or not measured); a missing column is said in the panel.
 - Lines and axes carry a `gid` ("ours:<metric>:<series>", "paper:<metric>") so tests and
@@ -28,7 +30,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 from matplotlib.transforms import blended_transform_factory
 
-from dashboards import paper
+from dashboards import decide, paper
 from dashboards.tables import FAILED, PENDING, aggregate, blocks_top1, speedups, status_counts, varying_axes
 
 PAPER_LABEL = f"paper ({paper.SETTING})"
@@ -73,7 +75,9 @@ def _status_note(results: pd.DataFrame, spread: str = "bars") -> str:
     parts += [f"{counts[s]} {s}" for s in (FAILED, PENDING) if counts[s]]
     seeds = int(results.groupby("arm")["seed"].nunique().max()) if "seed" in results else 1
     note = ", ".join(parts)
-    return note + (f"\n{seeds} seeds per arm: mean, {spread} min–max" if seeds > 1 else "")
+    if seeds > 1:
+        return note + f"\n{seeds} seeds per arm: mean, {spread} 95% interval"
+    return note + "\n1 seed per arm: no interval, differences may be noise"
 
 
 def _say(ax: Axes, text: str) -> None:
@@ -115,7 +119,7 @@ def _mark_missing(ax: Axes, xs: np.ndarray, arms: list[str], states: list[str]) 
 
 def _draw_ours(ax: Axes, results: pd.DataFrame, x: str, metric: str, to_x: Callable[[pd.Series], np.ndarray],
                *, prepared: pd.DataFrame | None = None) -> bool:
-    """Mean and min-max of `metric` per arm against axis `x`; False when nothing could be drawn."""
+    """Mean and 95% interval of `metric` per arm against axis `x`; False when nothing could be drawn."""
     source = prepared if prepared is not None else results
     missing = [c for c in (x, metric) if c not in source.columns]
     if results.empty:
@@ -127,13 +131,15 @@ def _draw_ours(ax: Axes, results: pd.DataFrame, x: str, metric: str, to_x: Calla
     agg = aggregate(source, [metric])
     seeds = int(agg[f"{metric}_n"].max()) if len(agg) else 0
     drew = False
+    spans: list[tuple[np.ndarray, np.ndarray]] = []
     for i, (name, part) in enumerate(_series(agg, source, x)):
         part = part.assign(_x=to_x(part[x])).sort_values("_x")
         have = part[part[f"{metric}_mean"].notna() & np.isfinite(part["_x"])]
         if len(have):
             mean = have[f"{metric}_mean"].to_numpy(float)
-            err = np.vstack([mean - have[f"{metric}_min"].to_numpy(float),
-                             have[f"{metric}_max"].to_numpy(float) - mean])
+            low, high = have[f"{metric}_low"].to_numpy(float), have[f"{metric}_high"].to_numpy(float)
+            err = np.nan_to_num(np.vstack([mean - low, high - mean]))
+            spans.append((np.fmin(low, mean), np.fmax(high, mean)))
             label = name or "ours"
             bars = ax.errorbar(have["_x"].to_numpy(float), mean, yerr=err if seeds > 1 else None, marker="o", capsize=3,
                                color=f"C{i}", label=label)
@@ -151,6 +157,10 @@ def _draw_ours(ax: Axes, results: pd.DataFrame, x: str, metric: str, to_x: Calla
     if not drew:
         ax.text(0.5, 0.5, f"no {metric} yet", transform=ax.transAxes, ha="center", va="center", color=MISSING_COLOR)
         ax.set_yticks([])
+    elif metric.endswith("top1"):  # never zoom into noise: at least 2 points, every interval inside
+        span = decide.y_span(np.concatenate([lo for lo, _ in spans]), np.concatenate([hi for _, hi in spans]))
+        if span is not None:
+            ax.set_ylim(*span)
     ax.grid(alpha=0.3)
     ax.set_gid(f"ours:{metric}")
     return True
@@ -541,6 +551,30 @@ def table3_scratch(results: pd.DataFrame, history: pd.DataFrame) -> Figure:
                  ("MAE (norm-pix, 1600 ep.)", "from scratch"), ("C3", "C7"), "paper")
     ax_paper.set_ylabel("ImageNet-1K top-1 (%)")
     ax_paper.set_title("labels: gain in top-1 points", fontsize=9)
+    return fig
+
+
+def stage_curves(epochs: pd.DataFrame, title: str) -> Figure:
+    """One stage's own per-epoch metrics (columns `epoch` and one per metric): the loss on the
+    left, accuracies on the right, for the stage's MLflow run."""
+    fig = new_figure(9, 3.4)
+    fig.suptitle(title, fontsize=10)
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    metrics = [c for c in epochs.columns if c != "epoch" and pd.api.types.is_numeric_dtype(epochs[c])]
+    losses = [m for m in metrics if "loss" in m]
+    accuracies = [m for m in metrics if "top1" in m]
+    x = epochs["epoch"].to_numpy(float) + 1 if "epoch" in epochs else np.arange(1, len(epochs) + 1)
+    for ax, names, ylabel in ((loss_ax, losses, "loss"), (acc_ax, accuracies, "top-1 (%)")):
+        for name in names:
+            ax.plot(x, epochs[name].to_numpy(float), marker="o" if len(x) <= 12 else None, ms=3, label=name)
+        if names:
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(ylabel)
+            ax.legend(fontsize=7)
+            ax.grid(alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        else:
+            _say(ax, f"no {ylabel} reported")
     return fig
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from dashboards.figures import get_figure, save_figure
+from dashboards.findings import Findings, study_findings
 from dashboards.recon import reconstruction_grid
 from dashboards.tables import (DONE, FAILED, PENDING, aggregate, axis_columns, format_cell, get_table, status_counts,
                                to_html, to_markdown, varying_axes)
@@ -50,6 +51,7 @@ figcaption { font-size: 0.85em; color: #555; }
 .error { color: #b22222; background: #fff3f3; padding: 8px; border: 1px solid #f0c0c0; }
 pre { background: #f7f7f7; padding: 10px; overflow-x: auto; font-size: 0.85em; }
 code { background: #f3f3f3; padding: 1px 4px; }
+.findings { font-size: 1.02em; max-width: 1000px; }
 """
 
 
@@ -130,10 +132,10 @@ def _arms_table(results: pd.DataFrame, study: Mapping[str, Any], mlflow: Mapping
         cells.append(f'<td class="state-{row["state"]}">{row["state"]}</td>')
         cells.append(f'<td class="num">{row["seeds_done"]}/{row["seeds_total"]}</td>')
         for m in metrics:
-            mean, std = row[f"{m}_mean"], row[f"{m}_std"]
+            mean, half = row[f"{m}_mean"], row[f"{m}_half"]
             text = "–" if pd.isna(mean) else (f"{mean:.4g}" if m in ("pretrain_loss",) else f"{mean:,.1f}")
-            if pd.notna(std):
-                text += f" ± {std:.2g}"
+            if pd.notna(half):
+                text += f" ± {half:.2g}"
             cells.append(f'<td class="num">{html.escape(text)}</td>')
         if mlflow:
             links = [_link(run_url(ui, experiment, rid), label) for label, rid in _runs_of(runs.get(row["arm"]))]
@@ -144,8 +146,19 @@ def _arms_table(results: pd.DataFrame, study: Mapping[str, Any], mlflow: Mapping
             cells.append(f'<td class="error-line" title="{html.escape(error, quote=True)}">{html.escape(short)}</td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
     header = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    note = '<p class="note">± is the sample standard deviation over seeds; values only from seeds that are done.</p>'
+    note = ('<p class="note">± is the half-width of the 95% t-interval of the mean over seeds (none with one '
+            'seed); values only from seeds that are done.</p>')
     return f'<table class="ablate"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table>{note}'
+
+
+def _findings_section(findings: Findings | None) -> str:
+    if findings is None:
+        return ('<p>This study names no baseline arm and no trend axis (<code>baseline:</code> or '
+                '<code>trend:</code> in its file), so no verdict is drawn.</p>')
+    text = "".join(f"<p>{html.escape(sentence)}</p>" for sentence in findings.sentences)
+    table = to_html(findings.rows) if len(findings.rows) else ""
+    return (f'<div class="findings">{text}</div>{table}<p class="note"><a href="tables/findings.md">Markdown</a> · '
+            f'<a href="tables/findings.csv">CSV</a></p>' if table else f'<div class="findings">{text}</div>')
 
 
 def _mlflow_section(study: Mapping[str, Any], mlflow: Mapping[str, Any] | None) -> str:
@@ -266,6 +279,11 @@ def write_report(out_dir: Path | str, *, study: Mapping[str, Any], results: pd.D
                           f'<figcaption>arm {html.escape(str(arm))}: '
                           f'<a href="figures/{stem}.svg">SVG</a></figcaption></figure>')
 
+    findings = study_findings(results, study, table_fns)
+    if findings is not None and len(findings.rows):
+        (table_dir / "findings.md").write_text(to_markdown(findings.rows))
+        findings.rows.to_csv(table_dir / "findings.csv", index=False)
+
     counts = status_counts(results)
     total = max(counts["total"], 1)
     runs_done = int((results["status"] == DONE).sum()) if "status" in results else 0
@@ -285,6 +303,8 @@ def write_report(out_dir: Path | str, *, study: Mapping[str, Any], results: pd.D
  · {html.escape(results.attrs["ours_label"])}
  · generated {generated} · paper numbers: He et al. 2021, ViT-L/16 on ImageNet-1K (plotted on separate panels)</p>
 {status}
+<h2>What the study shows</h2>
+{_findings_section(findings)}
 <h2>Arms</h2>
 {_arms_table(results, study, mlflow)}
 <h2>Figures</h2>

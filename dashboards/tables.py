@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from dashboards import paper
+from dashboards import decide, paper
 
 METRICS = ("lin_top1", "lin_top5", "ft_top1", "ft_top5", "scratch_top1", "pretrain_loss",
            "pretrain_wall_clock_s", "img_per_s", "train_flops_per_img")
@@ -51,6 +51,7 @@ def arm_state(statuses: Sequence[str]) -> str:
 def aggregate(results: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per arm, in first-seen order: its axis values, state, seed counts, and per
     metric `{m}_mean`, `{m}_std` (sample, ddof 1; NaN with one seed), `{m}_min`, `{m}_max`,
+    the 95% t-interval `{m}_low`, `{m}_high` and its half-width `{m}_half` (NaN with one seed),
     `{m}_n` over the seeds that are done and have a finite value. A metric column absent
     from `results` is absent from the output too.
     """
@@ -77,6 +78,8 @@ def aggregate(results: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd
             row[f"{m}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
             row[f"{m}_min"] = values.min() if len(values) else math.nan
             row[f"{m}_max"] = values.max() if len(values) else math.nan
+            ci = decide.interval(values)
+            row[f"{m}_low"], row[f"{m}_high"], row[f"{m}_half"] = ci.low, ci.high, ci.half
         rows.append(row)
     columns = ["arm", *axes, "state", "seeds_done", "seeds_failed", "seeds_total"]
     return pd.DataFrame(rows, columns=columns + [c for r in rows[:1] for c in r if c not in columns])
@@ -156,9 +159,9 @@ def _side_by_side(results: pd.DataFrame, ref: pd.DataFrame, keys: list[str],
         left[k] = _normalise_key(agg[k], ref[k]) if k in agg else math.nan
     for metric, column in ours.items():
         left[column] = agg[f"{metric}_mean"] if f"{metric}_mean" in agg else math.nan
-    for metric, column in ours.items():  # accuracy spread next to the means, only when seeds were repeated
+    for metric, column in ours.items():  # the 95% interval next to the means, only when seeds were repeated
         if metric.endswith("top1") and f"{metric}_n" in agg and (agg[f"{metric}_n"] > 1).any():
-            left[f"{column} sd"] = agg[f"{metric}_std"]
+            left[f"{column} ±"] = agg[f"{metric}_half"]
     right = ref[keys + list(theirs)].rename(columns=theirs).copy()
     right["_paper_order"] = range(len(right))
     for k in keys:
@@ -168,7 +171,7 @@ def _side_by_side(results: pd.DataFrame, ref: pd.DataFrame, keys: list[str],
         table = table.sort_values(keys, kind="stable", na_position="last")
     else:
         table = table.sort_values("_paper_order", kind="stable", na_position="last")
-    ours_columns = [c for column in ours.values() for c in (column, f"{column} sd") if c in left.columns]
+    ours_columns = [c for column in ours.values() for c in (column, f"{column} ±") if c in left.columns]
     columns = keys + ["arm", "seeds"] + ours_columns + list(theirs.values())
     return table[columns].reset_index(drop=True)
 
@@ -327,12 +330,14 @@ def format_cell(df: pd.DataFrame, column: str, value) -> str:
             return f"{value:g}"
         if column.endswith("depth"):
             return f"{value:g}"
-        if "gain" in column:
+        if "gain" in column or column.endswith("vs baseline"):
             return f"{value:+.1f}"
+        if column.startswith("p ("):
+            return f"{value:.3g}"
         if "speedup" in column or "ratio" in column:
             return f"{value:.1f}×"
-        if column.endswith(" sd"):
-            return f"{value:.2f}"
+        if column.endswith(" ±"):
+            return f"±{value:.1f}"
         if column.endswith("(s)") or column.endswith("img/s"):
             return f"{value:,.0f}"
         return f"{value:.1f}"

@@ -234,10 +234,15 @@ def test_mean_and_spread_against_hand_computation():
     drawn = dict(zip(np.round(line.get_xdata(), 6), line.get_ydata()))
     assert drawn[50.0] == pytest.approx((ft[0] + ft[1]) / 2)
     assert 90.0 not in drawn and 80.0 not in drawn
-    # the error bar of r50 spans min..max
+    # the error bar of r50 is the 95% t-interval of 2 seeds: mean +- t(0.975, 1) x sd / sqrt(2), t = 12.7062
+    half = 12.706204736 * (abs(ft[1] - ft[0]) / math.sqrt(2)) / math.sqrt(2)
+    mean = (ft[0] + ft[1]) / 2
+    assert (agg.loc["r50", "ft_top1_low"], agg.loc["r50", "ft_top1_high"]) == pytest.approx((mean - half, mean + half))
     ax = next(a for a in fig.axes if a.get_gid() == "ours:ft_top1")
     segments = [s for c in ax.collections for s in getattr(c, "get_segments", lambda: [])()]
-    assert any(np.allclose(s, [[50, ft[0]], [50, ft[1]]]) for s in segments)
+    assert any(np.allclose(s, [[50, mean - half], [50, mean + half]]) for s in segments)
+    low, high = ax.get_ylim()
+    assert low < mean - half and high > mean + half  # every interval inside the axis
 
 
 def test_status_counts():
@@ -300,7 +305,7 @@ def test_table1a_puts_paper_next_to_ours():
     assert (table.loc[1, "paper ft"], table.loc[1, "paper lin"]) == (84.8, 65.5)
     assert table.loc[8, "arm"] == "d8" and table.loc[8, "ours ft"] == pytest.approx(88 + 3 * 0.9975 + 0.1)
     assert math.isnan(table.loc[12, "ours ft"]) and math.isnan(table.loc[3, "paper ft"])
-    assert "ours ft sd" in table
+    assert "ours ft ±" in table
 
 
 def test_table1_paper_values():

@@ -82,10 +82,14 @@ def the_plan(study: Path):
     return plan(s, load_profile("tiny", s.source))
 
 
-def mlflow_runs(project: Path, name: str) -> list[dict]:
+def mlflow_client(project: Path, name: str):
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{project / 'runs' / name / 'mlflow.db'}")
+    return MlflowClient(f"sqlite:///{project / 'runs' / name / 'mlflow.db'}")
+
+
+def mlflow_runs(project: Path, name: str) -> list[dict]:
+    client = mlflow_client(project, name)
     experiment = client.get_experiment_by_name(name)
     return [{"id": r.info.run_id, "status": r.info.status, **r.data.tags, "params": r.data.params,
              "metrics": r.data.metrics} for r in client.search_runs([experiment.experiment_id], max_results=1000)]
@@ -134,6 +138,20 @@ def test_two_arm_study_then_rerun_changes_nothing(project, backend):
     assert "pretrain_loss" in pretrain["metrics"] and "img_per_s" in pretrain["metrics"]
     probe = next(r for r in children if r["stage"] == "linear_probe")
     assert "lin_top1" in probe["metrics"] and probe["params"]["linear_probe.epochs"] == "1"
+    # Every stage run carries its lineage (a probe also its pre-training's params, as its parent has
+    # them) and pictures of its own (its curves; a pre-training also its reconstructions).
+    by_id = {r["stage_id"]: r for r in children}
+    for child in children:
+        stage = p.stages[child["stage_id"]]
+        if stage.parent is not None:
+            parent = by_id[stage.parent]["params"]
+            assert {k: v for k, v in child["params"].items() if k.startswith(("pretrain.", "model."))} == \
+                {k: v for k, v in parent.items() if k.startswith(("pretrain.", "model."))}
+        pictures = {a.path for a in mlflow_client(project, "two").list_artifacts(child["id"])}
+        assert "curves.png" in pictures
+        assert ("reconstructions.png" in pictures) == (stage.kind == "pretrain")
+    probes = [r for r in children if r["stage"] == "linear_probe"]
+    assert sorted(r["params"]["model.mask_ratio"] for r in probes) == ["0.5", "0.75"]
 
     # The same command again is the resume: nothing reruns, no run is added.
     before = stamps(project, p.stages)
