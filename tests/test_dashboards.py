@@ -472,3 +472,63 @@ def test_report_rejects_unknown_names(tmp_path):
 
 def test_run_url():
     assert run_url("http://127.0.0.1:5000/", 7, "abc") == "http://127.0.0.1:5000/#/experiments/7/runs/abc"
+
+
+# --- what the study shows -----------------------------------------------------------------------
+
+def three_seed_sweep() -> pd.DataFrame:
+    """3 seeds of 4 ratios, planted: 0.75 best on linear probing, 0.9 a few points below, 0.5 within
+    a hair of it (seed noise shared by every arm: seeds are paired)."""
+    rows = []
+    noise = {0: 0.0, 1: 0.6, 2: -0.5}
+    planted = {"r20": (70.0, 86.0), "r50": (75.95, 88.0), "r75": (76.0, 88.0), "r90": (73.0, 87.9)}
+    jitter = {"r20": (0.1, -0.1, 0.05), "r50": (0.15, -0.12, 0.02), "r75": (0.0, 0.0, 0.0), "r90": (0.2, -0.3, 0.1)}
+    for arm, (lin, ft) in planted.items():
+        ratio = int(arm[1:]) / 100
+        for seed in range(3):
+            rows.append(_row("mask_ratio", arm, seed, "done", _defaults(**{"model.mask_ratio": ratio}),
+                             lin_top1=lin + noise[seed] + jitter[arm][seed], ft_top1=ft + 1.5 * noise[seed] + 2 * jitter[arm][seed]))
+    return pd.DataFrame(rows)
+
+
+def test_report_opens_with_a_verdict_per_arm_against_the_baseline(tmp_path):
+    study = {**STUDY, "baseline": "r75", "equivalence_margin": 1.0}
+    page = write_report(tmp_path, study=study, results=three_seed_sweep(), history=pd.DataFrame(),
+                        figures=["fig5_mask_ratio"], tables=["fig5_mask_ratio"]).read_text()
+    shows = page[page.index("What the study shows"):page.index("<h2>Arms</h2>")]
+    assert "over 3 paired seeds" in shows and "Holm" in shows and "±1 points" in shows
+    findings = pd.read_csv(tmp_path / "tables" / "findings.csv")
+    lin = findings[findings["metric"] == "linear probing"].set_index("arm")
+    assert lin.loc["r20", "verdict"] == "worse" and lin.loc["r90", "verdict"] == "worse"
+    assert lin.loc["r50", "verdict"] == "equivalent"
+    # The paper (Figure 5): 25% and 90% are below 75% on linear probing by more than the margin; 50% too
+    assert lin.loc["r20", "paper ordering"] == "reproduced" and lin.loc["r90", "paper ordering"] == "reproduced"
+    assert lin.loc["r50", "paper ordering"] == "not reproduced"
+    assert "worse" in shows and "reproduced" in shows
+
+
+def test_one_seed_says_no_verdict_is_possible(tmp_path):
+    results = three_seed_sweep().query("seed == 0")
+    page = write_report(tmp_path, study={**STUDY, "baseline": "r75"}, results=results, history=pd.DataFrame(),
+                        figures=["fig5_mask_ratio"], tables=["fig5_mask_ratio"]).read_text()
+    assert "One seed per arm: no interval and no verdict is possible" in page
+    findings = pd.read_csv(tmp_path / "tables" / "findings.csv")
+    assert set(findings["verdict"]) == {"no verdict"}
+    fig = FIGURES["fig5_mask_ratio"](results, pd.DataFrame())
+    ours_title = fig.subfigs[0].get_suptitle()
+    assert "1 seed per arm: no interval" in ours_title
+
+
+def test_a_trend_study_is_judged_as_a_trend(tmp_path):
+    rows = []
+    for epochs, lin in ((2, 60.0), (4, 63.0), (8, 66.2), (16, 69.0)):
+        for seed, noise in enumerate((0.0, 0.4, -0.3)):
+            rows.append(_row("schedule", f"epochs={epochs}", seed, "done", _defaults(**{"pretrain.epochs": epochs}),
+                             lin_top1=lin + noise, ft_top1=80.0 + 0.05 * noise))
+    page = write_report(tmp_path, study={**STUDY, "trend": "pretrain.epochs"}, results=pd.DataFrame(rows),
+                        history=pd.DataFrame(), figures=[], tables=["fig7_schedule"]).read_text()
+    findings = pd.read_csv(tmp_path / "tables" / "findings.csv").set_index("metric")
+    assert findings.loc["linear probing", "verdict"] == "rises"
+    assert findings.loc["linear probing", "paper ordering"] == "reproduced"  # Figure 7 rises too
+    assert findings.loc["fine-tuning", "verdict"] == "flat"
+    assert "per doubling" in page

@@ -163,6 +163,19 @@ def test_two_arm_study_then_rerun_changes_nothing(project, backend):
     assert sorted(r["id"] for r in after) == sorted(r["id"] for r in runs)
     assert all(r["status"] == "FINISHED" for r in after)
 
+    # --seeds 2 widens the study without editing it: seed 0's stages are reused as they are and
+    # seed 1's run; the report then judges each arm against the other's paired seeds.
+    wider = run(project, study, "--seeds", "2")
+    assert wider.exit_code == 0, wider.output
+    assert stamps(project, p.stages) == before
+    results = pd.read_csv(folder / "results.csv")
+    assert sorted(zip(results["arm"], results["seed"])) == [(a, s) for a in ("mask_ratio=0.5", "mask_ratio=0.75")
+                                                           for s in (0, 1)]
+    assert (results["status"] == "done").all()
+    assert len([r for r in mlflow_runs(project, "two") if r["role"] == "stage"]) == 2 * len(p.stages)
+    status = CliRunner().invoke(app, ["status", str(study), "--out", str(project / "runs")])  # remembers 2 seeds
+    assert status.exit_code == 0 and f"0 failed" in status.output and f"{2 * len(p.stages)} stages" in status.output
+
 
 def test_worker_crash_is_retried_with_one_run_per_stage(project, backend, monkeypatch):
     study = write_study(project, "crash", evaluations="[]",
