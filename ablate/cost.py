@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from core.config import ModelConfig
+from core.data_files import test_file_images, train_file_images
 from ablate.plan import Stage
 from ablate.profiles import Profile
 
-# Training and test images per dataset (synthetic: its configured size, a quarter for test).
-DATASET_SIZES: dict[str, tuple[int, int]] = {
-    "fashion_mnist": (60_000, 10_000), "cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000),
-    "imagefolder": (1_281_167, 50_000)}
+# An image folder that is not on this machine (a cluster's data) is costed as ImageNet-1K.
+IMAGENET_SIZES = (1_281_167, 50_000)
 BACKWARD = 2.0  # a backward pass costs about twice the forward
 
 
@@ -31,10 +30,9 @@ class Cost:
 
 def split_sizes(data: Mapping[str, Any]) -> tuple[int, int, int]:
     """(train, val, test) images after the val carve and the limits, as core.data makes them."""
-    if data["dataset"] == "synthetic":
-        n_train, n_test = data["synthetic_size"], max(16, data["synthetic_size"] // 4)
-    else:
-        n_train, n_test = DATASET_SIZES[data["dataset"]]
+    counted = [f(data["dataset"], data.get("root"), data["synthetic_size"]) for f in (train_file_images,
+                                                                                       test_file_images)]
+    n_train, n_test = counted if None not in counted else IMAGENET_SIZES
     n_val = int(round(n_train * data["val_fraction"]))
     train = n_train - n_val
     if data.get("train_limit"):
@@ -89,7 +87,7 @@ def estimate(stage: Stage, profile: Profile) -> Cost:
     else:
         k = recipe.get("tune_blocks")
         tuned = 1.0 if k is None or recipe.get("init") == "random" else min(1.0, k / m["depth"])
-        images = epochs * (seen + val + test)
-        flops = epochs * (seen * forward * (1 + BACKWARD * tuned) + (val + test) * forward)
+        images = epochs * (seen + val) + test  # the test split is read once, at the end
+        flops = epochs * (seen * forward * (1 + BACKWARD * tuned) + val * forward) + test * forward
     rate = flops_per_second(profile, m["variant"])
     return Cost(images, flops / (rate * stage.workers) if rate else None)

@@ -16,13 +16,15 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from pydantic import BaseModel, ValidationError
 
-from core.config import DataConfig, ModelConfig, PretrainJob
+from core.config import MAX_EPOCHS, DataConfig, ModelConfig, PretrainJob
+from core.data_files import train_images
 from core.eval_config import FinetuneJob, LinearProbeJob
 from ablate.errors import StudyError, from_validation
 from ablate.profiles import Profile
@@ -364,7 +366,7 @@ def _plan(study: Study, profile: Profile) -> Plan:
                                               f"arms: {', '.join(a.name for a in arms)}")
     for arm in arms:
         for seed in study.seeds:
-            configs = resolver.resolve(arm, seed)
+            configs = with_min_steps(resolver.resolve(arm, seed), resources)
             model, data = _dump(configs["model"]), _dump(configs["data"])
             pre = add("pretrain", "pretrain", {"model": model, "data": data, "pretrain": _dump(configs["pretrain"])},
                       None)
@@ -397,6 +399,24 @@ def _plan(study: Study, profile: Profile) -> Plan:
     ordered = {sid: s for sid, s in stages.items() if s.parent is None}
     ordered.update({sid: s for sid, s in stages.items() if s.parent is not None})
     return Plan(study, profile, tuple(runs), ordered, resources)
+
+
+def with_min_steps(configs: dict[str, BaseModel], resources: Resources) -> dict[str, BaseModel]:
+    """Each recipe with `epochs` raised to reach its `min_steps` optimizer steps on the training
+    split (its size counted from the data config; unchanged when it cannot be counted, e.g. an
+    image folder that is not on this machine). A pre-training of 0 epochs stays 0 (no pre-training)."""
+    data = configs["data"]
+    images = train_images(data.dataset, data.root, data.synthetic_size, data.val_fraction, data.train_limit)
+    out = dict(configs)
+    for section, runner in (("pretrain", "pretrain"), ("linear_probe", "linear_probe"), ("finetune", "finetune")):
+        recipe = configs[section]
+        if not recipe.min_steps or images is None or recipe.epochs == 0:
+            continue
+        per_step = recipe.batch_size * recipe.accum_iter * stage_workers(runner, resources)
+        steps_per_epoch = max(1, images // per_step)
+        epochs = min(MAX_EPOCHS, max(recipe.epochs, math.ceil(recipe.min_steps / steps_per_epoch)))
+        out[section] = recipe.model_copy(update={"epochs": epochs})
+    return out
 
 
 def _candidates(study: Study, runner: str, recipe: dict[str, Any], values: list[float]) -> list[dict[str, Any]]:

@@ -16,8 +16,9 @@ from ablate.plan import Plan
 
 PLAIN_EVERY_S = 10.0  # plain output: at most one epoch line per stage this often (and the last epoch)
 # The metric worth watching per stage kind.
-HEADLINE = {"pretrain": "loss", "linear_probe": "lin_top1", "finetune": "ft_top1", "partial_finetune": "ft_top1",
-            "scratch": "ft_top1"}
+# Fine-tuning reads the test split at its last epoch only: before that its validation accuracy.
+HEADLINE = {"pretrain": ("loss",), "linear_probe": ("lin_top1",), "finetune": ("ft_top1", "ft_val_top1"),
+            "partial_finetune": ("ft_top1", "ft_val_top1"), "scratch": ("ft_top1", "ft_val_top1")}
 
 
 def stage_label(plan: Plan, stage_id: str) -> str:
@@ -103,14 +104,14 @@ class LiveView:
     def stage_epoch(self, stage_id: str, metrics: dict[str, Any]) -> None:
         info = self.running.setdefault(stage_id, {"since": time.time()})
         info["epoch"] = int(metrics.get("epoch", 0))
-        key = HEADLINE.get(self.plan.stages[stage_id].kind)
-        if key in metrics:
+        key = next((k for k in HEADLINE.get(self.plan.stages[stage_id].kind, ()) if k in metrics), None)
+        if key is not None:
             info["metric"] = (key, float(metrics[key]))
         self._show_warnings(stage_id)
         last = info["epoch"] + 1 == self.plan.stages[stage_id].epochs
         if self._live is None and (last or time.time() - info.get("said", 0.0) >= PLAIN_EVERY_S):
             info["said"] = time.time()
-            metric = f"  {key} {float(metrics[key]):.4g}" if key in metrics else ""
+            metric = f"  {key} {float(metrics[key]):.4g}" if key is not None else ""
             self._say(f"epoch   {stage_label(self.plan, stage_id)} {info['epoch'] + 1}/{self.plan.stages[stage_id].epochs}"
                       f"{metric}")
 

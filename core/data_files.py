@@ -64,3 +64,50 @@ def missing_data(dataset: str, root: str | None) -> str | None:
                 return f"no class folders in {folder}; set data.root to {IMAGEFOLDER_HINT}"
         return None
     return None
+
+
+# Training-file sizes of the datasets whose size is fixed (images in the `train` part, before the
+# validation split is carved from it); an image folder is counted, synthetic data is its setting.
+TRAIN_FILE_IMAGES = {"fashion_mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000}
+# torchvision.datasets.folder.IMG_EXTENSIONS, the files ImageFolder reads (no torch import here).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+TEST_FILE_IMAGES = {"fashion_mnist": 10_000, "cifar10": 10_000, "cifar100": 10_000}
+
+
+def _count_images(folder: Path) -> int | None:
+    if not folder.is_dir():
+        return None
+    return sum(1 for path in folder.rglob("*") if path.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def train_file_images(dataset: str, root: str | None, synthetic_size: int) -> int | None:
+    """Images in the dataset's training file or folder; None when an image folder is not there."""
+    if dataset == "synthetic":
+        return synthetic_size
+    if dataset in TRAIN_FILE_IMAGES:
+        return TRAIN_FILE_IMAGES[dataset]
+    folder = data_root(dataset, root)
+    return None if folder is None else _count_images(folder / "train")
+
+
+def test_file_images(dataset: str, root: str | None, synthetic_size: int) -> int | None:
+    """Images in the dataset's test file or folder (an image folder's `val/`); None when not there."""
+    if dataset == "synthetic":
+        return max(16, synthetic_size // 4)  # as core.data makes it
+    if dataset in TEST_FILE_IMAGES:
+        return TEST_FILE_IMAGES[dataset]
+    folder = data_root(dataset, root)
+    return None if folder is None else _count_images(folder / "val")
+
+
+def train_images(dataset: str, root: str | None, synthetic_size: int, val_fraction: float,
+                 train_limit: int | None) -> int | None:
+    """Images in the `train` split a stage trains on: the training file less the validation share
+    (as core.data.carve_splits carves it), at most `train_limit`; None when unknown."""
+    total = train_file_images(dataset, root, synthetic_size)
+    if total is None:
+        return None
+    train = total - int(round(total * val_fraction))
+    return min(train, train_limit) if train_limit is not None else train

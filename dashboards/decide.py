@@ -98,13 +98,20 @@ class Comparison:
     p_equivalent_adjusted: float = math.nan
     verdict: str = NO_VERDICT
 
-    def text(self, digits: int = 1) -> str:
+    def difference_text(self, digits: int = 1) -> str:
+        """'+1.2 [+0.4, +2.0] (n=3)': the mean paired difference and its interval."""
         d = self.difference
         if math.isnan(d.mean):
-            return NO_VERDICT
+            return "–"
         if math.isnan(d.half):
-            return f"{d.mean:+.{digits}f} (n={d.n}): {self.verdict}"
-        return f"{d.mean:+.{digits}f} [{d.low:+.{digits}f}, {d.high:+.{digits}f}] (n={d.n}): {self.verdict}"
+            return f"{d.mean:+.{digits}f} (n={d.n})"
+        return f"{d.mean:+.{digits}f} [{d.low:+.{digits}f}, {d.high:+.{digits}f}] (n={d.n})"
+
+    def text(self, digits: int = 1) -> str:
+        """The difference and the verdict: '+1.2 [+0.4, +2.0] (n=3): better'."""
+        if math.isnan(self.difference.mean):
+            return NO_VERDICT
+        return f"{self.difference_text(digits)}: {self.verdict}"
 
 
 def paired_values(arm: Mapping[int, float], base: Mapping[int, float]) -> np.ndarray:

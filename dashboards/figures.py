@@ -408,15 +408,16 @@ def loss_curves(results: pd.DataFrame, history: pd.DataFrame) -> Figure:
 
 # Panels of `eval_curves`: (title, [(stage, metric, line style, legend tag)]); a panel is drawn
 # when history has any of its stages.
+# Validation accuracy: fine-tuning reads the test split once, at its last epoch.
 EVAL_PANELS = (
-    ("linear probing", [("linear_probe", "lin_top1", "-", "")]),
-    ("fine-tuning", [("finetune", "ft_top1", "-", ""), ("partial_finetune", "ft_top1", "-", " (partial)"),
-                     ("scratch", "ft_top1", "--", " (scratch)")]),
+    ("linear probing", [("linear_probe", "lin_val_top1", "-", "")]),
+    ("fine-tuning", [("finetune", "ft_val_top1", "-", ""), ("partial_finetune", "ft_val_top1", "-", " (partial)"),
+                     ("scratch", "ft_val_top1", "--", " (scratch)")]),
 )
 
 
 def eval_curves(results: pd.DataFrame, history: pd.DataFrame) -> Figure:
-    """Test top-1 against epoch of the evaluation stages, one line per arm: linear probing, and
+    """Validation top-1 against epoch of the evaluation stages, one line per arm: linear probing, and
     fine-tuning with training from scratch dashed in the same panel (Table 3's comparison)."""
     have = set(history["stage"]) if history is not None and "stage" in history else set()
     panels = [(title, [s for s in stages if s[0] in have]) for title, stages in EVAL_PANELS]
@@ -433,7 +434,7 @@ def eval_curves(results: pd.DataFrame, history: pd.DataFrame) -> Figure:
             _history_curves(ax, results, history, stage, metric, linestyle=linestyle, tag=tag, list_missing=i == 0)
         ax.set_title(title + (" (dashed: from scratch)" if any(s[0] == "scratch" for s in stages) else ""))
         ax.set_xlabel("epoch of " + " / ".join(s[0].replace("_", "-") for s in stages))
-        ax.set_ylabel("test top-1 (%)")
+        ax.set_ylabel("validation top-1 (%)")
     return fig
 
 

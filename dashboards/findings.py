@@ -60,7 +60,7 @@ def against_baseline(results: pd.DataFrame, baseline: str, tables: Sequence[pd.D
         if agree is not None:
             counts[agree] += 1
         ours = decide.interval(decide.by_seed(results, c.arm, c.metric).values())
-        rows.append({"arm": c.arm, "metric": what, "ours": ours.text(), "vs baseline": c.text(),
+        rows.append({"arm": c.arm, "metric": what, "ours": ours.text(), "vs baseline": c.difference_text(),
                      "verdict": c.verdict, "p (Holm)": c.p_adjusted,
                      "paper vs baseline": paper_diff if paper_diff is not None else math.nan,
                      "paper ordering": agree or "–"})
@@ -77,7 +77,7 @@ def against_baseline(results: pd.DataFrame, baseline: str, tables: Sequence[pd.D
                      f"'equivalent' means inside ±{margin:g} points, 'within noise' means not told apart, "
                      f"not equal)."]
         for metric in metrics:
-            said = [f"{c.arm} {c.verdict} ({c.text().split(':')[0]})" for c in comparisons if c.metric == metric]
+            said = [f"{c.arm} {c.verdict} ({c.difference_text()})" for c in comparisons if c.metric == metric]
             if said:
                 sentences.append(f"{JUDGED[metric][0].capitalize()}: " + "; ".join(said) + ".")
     judged = sum(counts.values())

@@ -77,9 +77,9 @@ def history_for(results: pd.DataFrame, epochs: int = 20) -> pd.DataFrame:
             rows += [(arm, seed, "pretrain", epoch, "loss", loss), (arm, seed, "pretrain", epoch, "lr", 1e-3)]
         if status == "done":
             for epoch in range(10):
-                rows.append((arm, seed, "linear_probe", epoch, "lin_top1",
+                rows.append((arm, seed, "linear_probe", epoch, "lin_val_top1",
                              float(group["lin_top1"].iloc[0]) * (1 - 0.3 * math.exp(-epoch / 2))))
-                rows.append((arm, seed, "finetune", epoch, "ft_top1",
+                rows.append((arm, seed, "finetune", epoch, "ft_val_top1",
                              float(group["ft_top1"].iloc[0]) * (1 - 0.2 * math.exp(-epoch / 2))))
     return pd.DataFrame(rows, columns=["arm", "seed", "stage", "epoch", "metric", "value"])
 
@@ -126,7 +126,7 @@ def scratch_study() -> pd.DataFrame:
 
 def scratch_history(results: pd.DataFrame) -> pd.DataFrame:
     done = results[results["status"] == "done"]
-    rows = [(r.arm, r.seed, stage, e, "ft_top1", top * (1 - 0.3 * math.exp(-e / 3)))
+    rows = [(r.arm, r.seed, stage, e, "ft_val_top1", top * (1 - 0.3 * math.exp(-e / 3)))
             for r in done.itertuples() for stage, top in (("finetune", r.ft_top1), ("scratch", r.scratch_top1))
             for e in range(15)]
     return pd.DataFrame(rows, columns=["arm", "seed", "stage", "epoch", "metric", "value"])
@@ -389,9 +389,9 @@ def test_eval_curves_put_scratch_dashed_beside_finetune():
     results = scratch_study()
     fig = FIGURES["eval_curves"](results, scratch_history(results))
     assert len(fig.axes) == 1  # no linear-probe history: no empty panel
-    scratch = _line(fig, "ours:scratch:ft_top1:base")
-    assert scratch.get_linestyle() == "--" and _line(fig, "ours:finetune:ft_top1:base").get_linestyle() == "-"
-    assert scratch.get_color() == _line(fig, "ours:finetune:ft_top1:base").get_color()
+    scratch = _line(fig, "ours:scratch:ft_val_top1:base")
+    assert scratch.get_linestyle() == "--" and _line(fig, "ours:finetune:ft_val_top1:base").get_linestyle() == "-"
+    assert scratch.get_color() == _line(fig, "ours:finetune:ft_val_top1:base").get_color()
 
 
 # --- reconstructions ----------------------------------------------------------------------

@@ -22,10 +22,12 @@ from core import data as data_module
 from core.augment import (AUGMENTATIONS, PIL_TRANSFORMS, CropBoxes, Jitter, apply_jitter, get_augmentation,
                           get_pil_transform, resized_crop, sample_flips, sample_resized_crops)
 from core.config import Augmentation, DataConfig
+from core.data_files import train_images
 from core.data import (DataNotFoundError, DataSource, carve_splits, epoch_generator, open_dataset, read_idx,
                        synthetic_images)
 
 FMNIST = Path(data_module.FASHION_MNIST_ROOT)
+FMNIST_PRESENT = (FMNIST / "train-images-idx3-ubyte.gz").is_file()
 needs_fmnist = pytest.mark.skipif(not (FMNIST / "train-images-idx3-ubyte.gz").is_file(),
                                   reason="apt-get install dataset-fashion-mnist")
 CPU = torch.device("cpu")
@@ -239,6 +241,23 @@ def test_imagefolder_batches(image_root: Path) -> None:
     images, labels = source.fixed_images("test", 4, CPU)
     red = denormalise(source, images)[:, 0].mean(dim=(1, 2))
     assert torch.equal(red > 0.5, labels == 1)
+
+
+def test_train_images_counts_what_the_data_source_trains_on(image_root: Path) -> None:
+    """The planner's count (no torch, no file read) is the data source's train split, for an image
+    folder (counted), synthetic data and Fashion-MNIST's fixed size, with limits and val carving."""
+    cases = [DataConfig(dataset="imagefolder", root=str(image_root), val_fraction=0.25, num_workers=0),
+             DataConfig(dataset="imagefolder", root=str(image_root), val_fraction=0.0, train_limit=5, num_workers=0),
+             DataConfig(dataset="synthetic", synthetic_size=100, val_fraction=0.1)]
+    if FMNIST_PRESENT:
+        cases += [DataConfig(dataset="fashion_mnist", val_fraction=0.02, train_limit=4096),
+                  DataConfig(dataset="fashion_mnist", val_fraction=0.02)]
+    for cfg in cases:
+        size, chans = (16, 3) if cfg.dataset == "imagefolder" else (28, 1)
+        source = open_dataset(cfg, img_size=size, in_chans=chans)
+        counted = train_images(cfg.dataset, cfg.root, cfg.synthetic_size, cfg.val_fraction, cfg.train_limit)
+        assert counted == source.num_samples("train"), cfg
+    assert train_images("imagefolder", str(image_root / "nowhere"), 0, 0.1, None) is None
 
 
 def test_imagefolder_augmentation_does_not_depend_on_workers(image_root: Path) -> None:

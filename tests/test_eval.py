@@ -271,6 +271,7 @@ def test_finetune_end_to_end_reports_every_epoch(encoder, tmp_path):
     reported = []
     result = finetune(finetune_job(epochs=2, warmup_epochs=1), encoder, tmp_path, report=reported.append)
     assert [m["epoch"] for m in reported] == [0, 1] and result == reported[-1]
+    assert "ft_top1" not in reported[0] and "ft_val_top1" in reported[0]  # the test split: at the end only
     assert set(result) == {"epoch", "train_loss", "lr", "ft_top1", "ft_top5", "ft_val_top1", "img_per_s",
                            "epoch_time_s"}
     assert all(math.isfinite(v) for v in result.values())

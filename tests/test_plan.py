@@ -175,3 +175,21 @@ def test_axis_columns_keep_full_dotted_keys(key):
               "data.augmentation": ["none", "crop_random"]}[key]
     p = make(axes={key: values}, evaluations=[])
     assert p.axis_keys == [key] and [r.axes[key] for r in p.runs] == values
+
+
+def test_min_steps_raises_the_epochs_of_a_small_training_split():
+    """64 synthetic images, 10% carved for validation: 58 to train on, 3 steps of 16 per epoch.
+    min_steps 10 needs 4 epochs; the stage's config (and so its identity) holds the 4, a recipe
+    that already reaches its minimum keeps its epochs, and 0 pre-training epochs stay 0."""
+    p = make(base={"data": {"val_fraction": 0.1}, "finetune": {"min_steps": 10}, "linear_probe": {"min_steps": 2}},
+             evaluations=["linear_probe", "finetune"])
+    (run,) = p.runs
+    assert p.stages[run.stages["finetune"]].config["finetune"]["epochs"] == 4
+    assert p.stages[run.stages["linear_probe"]].config["probe"]["epochs"] == 1
+    plain = make(base={"data": {"val_fraction": 0.1}}, evaluations=["finetune"])
+    assert plain.runs[0].stages["finetune"] != run.stages["finetune"]
+    doubled = make(base={"data": {"val_fraction": 0.1}, "finetune": {"min_steps": 10, "batch_size": 8}},
+                   evaluations=["finetune"])  # 7 steps per epoch: 2 epochs
+    assert doubled.stages[doubled.runs[0].stages["finetune"]].config["finetune"]["epochs"] == 2
+    none = make(base={"pretrain": {"epochs": 0, "min_steps": 100}}, evaluations=[])
+    assert none.stages[none.runs[0].stages["pretrain"]].config["pretrain"]["epochs"] == 0

@@ -194,6 +194,9 @@ def finetune_job(accum: int, **fields):
 
 
 CASES = {"end_to_end": {}, "batchnorm_head": {"tune_blocks": 0}}  # fine-tune field overrides per case
+# Top-1 points between one and two workers for the BatchNorm head, whose running statistics are the
+# ranks' mean rather than one pass's.
+PARTIAL_TOLERANCE = 2.0
 
 
 def _finetune_rank(rank: int, world: int, init: str, root: str, reported) -> None:
@@ -251,8 +254,11 @@ def test_finetune_on_two_workers_equals_one_worker_with_twice_the_accumulation(f
     root, two, one = finetuned
     two, one = two["end_to_end"], one["end_to_end"]
     assert [m["epoch"] for m in two] == [0, 1]
-    for key in ("train_loss", "lr", "ft_top1", "ft_top5", "ft_val_top1"):  # evaluation is sharded, counts summed
+    for key in ("train_loss", "lr", "ft_val_top1"):  # evaluation is sharded, counts summed
         assert [m[key] for m in two] == pytest.approx([m[key] for m in one], rel=1e-6), key
+    for key in ("ft_top1", "ft_top5"):  # the test split, read at the last epoch only
+        assert [key in m for m in two] == [False, True]
+        assert two[-1][key] == pytest.approx(one[-1][key], rel=1e-6), key
     a, b = load_latest(root / "w2" / "end_to_end")["model"], load_latest(root / "w1" / "end_to_end")["model"]
     assert a.keys() == b.keys() and not any(k.startswith("module.") for k in a)  # rank 0 saved the bare model
     for key in a:
@@ -268,7 +274,7 @@ def test_partial_finetune_of_a_batchnorm_head_trains_the_same_on_two_workers(fin
     _, two, one = finetuned
     two, one = two["batchnorm_head"], one["batchnorm_head"]
     assert [m["train_loss"] for m in two] == pytest.approx([m["train_loss"] for m in one], rel=1e-6)
-    assert all(0 <= m["ft_top1"] <= 100 for m in two)
+    assert two[-1]["ft_top1"] == pytest.approx(one[-1]["ft_top1"], abs=PARTIAL_TOLERANCE)
 
 
 # ---- a study through `ablate run`, real local Ray and MLflow -------------------------------------
