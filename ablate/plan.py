@@ -404,7 +404,8 @@ def _plan(study: Study, profile: Profile) -> Plan:
 def with_min_steps(configs: dict[str, BaseModel], resources: Resources) -> dict[str, BaseModel]:
     """Each recipe with `epochs` raised to reach its `min_steps` optimizer steps on the training
     split (its size counted from the data config; unchanged when it cannot be counted, e.g. an
-    image folder that is not on this machine). A pre-training of 0 epochs stays 0 (no pre-training)."""
+    image folder that is not on this machine), `warmup_epochs` scaled alike. A pre-training of 0
+    epochs stays 0 (no pre-training)."""
     data = configs["data"]
     images = train_images(data.dataset, data.root, data.synthetic_size, data.val_fraction, data.train_limit)
     out = dict(configs)
@@ -415,7 +416,10 @@ def with_min_steps(configs: dict[str, BaseModel], resources: Resources) -> dict[
         per_step = recipe.batch_size * recipe.accum_iter * stage_workers(runner, resources)
         steps_per_epoch = max(1, images // per_step)
         epochs = min(MAX_EPOCHS, max(recipe.epochs, math.ceil(recipe.min_steps / steps_per_epoch)))
-        out[section] = recipe.model_copy(update={"epochs": epochs})
+        # the whole schedule stretches: warmup keeps its share of the training (a 12-block ViT-T
+        # fine-tuned at the laptop's lr collapsed with a warmup of 0.5 of 13 short epochs)
+        warmup = recipe.warmup_epochs * epochs / recipe.epochs
+        out[section] = recipe.model_copy(update={"epochs": epochs, "warmup_epochs": warmup})
     return out
 
 

@@ -32,7 +32,7 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from ablate import ray_cluster, store
-from ablate.errors import CannotRun, ClusterTooSmall
+from ablate.errors import ClusterTooSmall
 from ablate.events import Listeners
 from ablate.plan import Stage
 from ablate.stages import FAULT_ENV, Launch

@@ -80,18 +80,21 @@ def critical_path_seconds(stages: dict[str, dict], slots: int) -> float:
     return max(finish.values())
 
 
-def study_overhead(study: Path, profile: str) -> dict:
+def study_overhead(study: Path, profile: str, seeds: int | None = None, keep: Path | None = None) -> dict:
     from ablate.plan import plan
     from ablate.profiles import load_profile
     from ablate.study import load_study
 
-    the_plan = plan(load_study(study), load_profile(profile))
+    the_plan = plan(load_study(study).with_seeds(seeds), load_profile(profile))
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "runs"
+        out = keep if keep is not None else Path(tmp) / "runs"
+        if keep is not None and keep.exists():
+            raise SystemExit(f"--keep {keep}: exists; the study must run from a fresh output folder")
         env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
         start = time.perf_counter()
         subprocess.run([str(ROOT / ".venv" / "bin" / "ablate"), "run", str(study), "--profile", profile,
-                        "--out", str(out)], check=True, env=env, stdout=subprocess.DEVNULL)
+                        "--out", str(out), *(["--seeds", str(seeds)] if seeds else [])], check=True, env=env,
+                       stdout=subprocess.DEVNULL)
         wall = time.perf_counter() - start
         stages = {}
         for sid, stage in the_plan.stages.items():
@@ -123,11 +126,12 @@ def run(args: argparse.Namespace) -> str:
               f"| reused (`reuse_actors=True`, what ablate uses) | **{reused:.2f}** |", ""]
     print("\n".join(lines[-6:]), flush=True)
     if args.study:
-        s = study_overhead(Path(args.study), args.profile)
+        s = study_overhead(Path(args.study), args.profile, args.seeds, Path(args.keep) if args.keep else None)
         kinds: dict[str, list[dict]] = {}
         for stage in s["stages"].values():
             kinds.setdefault(stage["kind"], []).append(stage)
-        lines += [f"`ablate run {args.study}` (profile {args.profile}, {len(s['stages'])} stages, "
+        seeds = f" --seeds {args.seeds}" if args.seeds else ""
+        lines += [f"`ablate run {args.study}{seeds}` (profile {args.profile}, {len(s['stages'])} stages, "
                   f"{s['slots']} trial slots), from a fresh output folder:", "",
                   "| | seconds |", "|---|---|",
                   f"| study wall-clock (process start to exit, Ray start, tracking, report included) | {s['wall']:.1f} |",
@@ -149,6 +153,8 @@ def main() -> None:
     parser.add_argument("--study", default=str(ROOT / "studies" / "masking_ratio.yaml"),
                         help="study to run end to end ('' to skip); the target names the laptop masking_ratio study")
     parser.add_argument("--profile", default="laptop")
+    parser.add_argument("--seeds", type=int, default=None, help="run the study at this many seeds (ablate --seeds)")
+    parser.add_argument("--keep", default=None, help="run the study into this (new) folder and keep it")
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()

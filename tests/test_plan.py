@@ -185,6 +185,10 @@ def test_min_steps_raises_the_epochs_of_a_small_training_split():
              evaluations=["linear_probe", "finetune"])
     (run,) = p.runs
     assert p.stages[run.stages["finetune"]].config["finetune"]["epochs"] == 4
+    assert p.stages[run.stages["finetune"]].config["finetune"]["warmup_epochs"] == 0  # 0 of 1 -> 0 of 4
+    warm = make(base={"data": {"val_fraction": 0.1}, "finetune": {"min_steps": 10, "warmup_epochs": 0.5}},
+                evaluations=["finetune"])
+    assert warm.stages[warm.runs[0].stages["finetune"]].config["finetune"]["warmup_epochs"] == 2.0  # a half share
     assert p.stages[run.stages["linear_probe"]].config["probe"]["epochs"] == 1
     plain = make(base={"data": {"val_fraction": 0.1}}, evaluations=["finetune"])
     assert plain.runs[0].stages["finetune"] != run.stages["finetune"]

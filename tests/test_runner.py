@@ -7,7 +7,6 @@ functions on the test-sized model and synthetic data. Each backend must pass the
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import pandas as pd
@@ -41,16 +40,6 @@ evaluations: {evaluations}
 figures: [loss_curves]
 """
 BACKENDS = ["ray"]
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    """One local Ray for the module (start-up costs seconds); the backend joins it."""
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(params=BACKENDS)
@@ -174,7 +163,7 @@ def test_two_arm_study_then_rerun_changes_nothing(project, backend):
     assert (results["status"] == "done").all()
     assert len([r for r in mlflow_runs(project, "two") if r["role"] == "stage"]) == 2 * len(p.stages)
     status = CliRunner().invoke(app, ["status", str(study), "--out", str(project / "runs")])  # remembers 2 seeds
-    assert status.exit_code == 0 and f"0 failed" in status.output and f"{2 * len(p.stages)} stages" in status.output
+    assert status.exit_code == 0 and "0 failed" in status.output and f"{2 * len(p.stages)} stages" in status.output
 
 
 def test_worker_crash_is_retried_with_one_run_per_stage(project, backend, monkeypatch):

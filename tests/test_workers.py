@@ -10,7 +10,6 @@ with exit status 2 before anything waits.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from pathlib import Path
 
@@ -278,18 +277,6 @@ def test_partial_finetune_of_a_batchnorm_head_trains_the_same_on_two_workers(fin
 
 
 # ---- a study through `ablate run`, real local Ray and MLflow -------------------------------------
-
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    yield
-    if started:
-        ray.shutdown()
-
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
