@@ -19,6 +19,9 @@ class StageListener(Protocol):
 
     def stage_ended(self, stage_id: str, state: str, error: str | None) -> None: ...
 
+    def stage_elsewhere(self, stage_id: str, owner: str) -> None:
+        """Another driver sharing the output root runs this stage now ("host/pid")."""
+
 
 class Listeners:
     """Fan-out to several listeners; one that raises is reported once and then ignored, so a
@@ -30,8 +33,11 @@ class Listeners:
 
     def _call(self, name: str, *args: Any) -> None:
         for listener in list(self._listeners):
+            method = getattr(listener, name, None)
+            if method is None:  # an optional event this listener does not follow
+                continue
             try:
-                getattr(listener, name)(*args)
+                method(*args)
             except Exception as e:  # noqa: BLE001 - a listener must not take the study down
                 # One line: a database error spans dozens; the one naming the error says most.
                 lines = [line.strip() for line in str(e).splitlines() if line.strip()]
@@ -54,3 +60,6 @@ class Listeners:
 
     def stage_ended(self, stage_id: str, state: str, error: str | None) -> None:
         self._call("stage_ended", stage_id, state, error)
+
+    def stage_elsewhere(self, stage_id: str, owner: str) -> None:
+        self._call("stage_elsewhere", stage_id, owner)

@@ -115,6 +115,10 @@ class LiveView:
             self._say(f"epoch   {stage_label(self.plan, stage_id)} {info['epoch'] + 1}/{self.plan.stages[stage_id].epochs}"
                       f"{metric}")
 
+    def stage_elsewhere(self, stage_id: str, owner: str) -> None:
+        self._say(f"elsewhere {stage_label(self.plan, stage_id)} ({stage_id}): running elsewhere: {owner}; "
+                  f"this run goes on with other stages and takes it up when it is done (or its owner is gone)")
+
     def stage_retrying(self, stage_id: str, error: str) -> None:
         last = [line for line in (error or "").splitlines() if line.strip()]
         self._say(f"retry   {stage_label(self.plan, stage_id)}: the trial failed "

@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping, Sequence
 from ray import tune
 from ray.tune.search import Searcher
 
-from ablate import ray_cluster, store
+from ablate import lease, ray_cluster, store
 from ablate.errors import ClusterTooSmall
 from ablate.events import Listeners
 from ablate.plan import Stage
@@ -139,13 +139,37 @@ class StageOrder(Searcher):
     wait for a running parent, and FINISHED when none is left: stages below a parent that failed
     are never started (the runner marks them blocked)."""
 
-    def __init__(self, stages: Sequence[Stage], out_root: Path) -> None:
+    def __init__(self, stages: Sequence[Stage], out_root: Path, listeners: Listeners | None = None) -> None:
         super().__init__()
         self.waiting = sorted(stages, key=lambda s: s.kind != "pretrain")  # stable: plan order within a kind
         self.ours = {s.id for s in stages}
         self.out_root = Path(out_root)
+        self.listeners = listeners
         self.ended: dict[str, bool] = {}  # stage id -> ended done
         self.trials: dict[str, str] = {}  # Tune trial id -> stage id
+        self.elsewhere: dict[str, str] = {}  # stage id -> the live owner of its lease ("host/pid")
+
+    def __getstate__(self) -> dict:
+        # Tune saves its searcher with the experiment; the listeners stay in this process.
+        return {**self.__dict__, "listeners": None}
+
+    def _held_elsewhere(self, stage: Stage) -> bool:
+        """Another driver's trial runs this stage now (a live lease): not handed out, so no Ray
+        slot waits for it; once it is done there, it counts as ended done here."""
+        folder = store.stage_dir(self.out_root, stage.id)
+        if store.state(self.out_root, stage.id) == store.DONE:
+            self.waiting.remove(stage)
+            self.ended[stage.id] = True
+            if self.listeners is not None:
+                self.listeners.stage_ended(stage.id, store.DONE, None)
+            return True
+        owner = lease.live_holder(folder)
+        if owner is None:
+            return False
+        if self.elsewhere.get(stage.id) != str(owner) and self.listeners is not None:
+            self.listeners.stage_elsewhere(stage.id, str(owner))
+        self.elsewhere[stage.id] = str(owner)
+        return True
 
     def _parent(self, stage: Stage) -> bool | None:
         """True: the parent is done; False: it ended otherwise (or was dropped); None: not yet."""
@@ -156,8 +180,8 @@ class StageOrder(Searcher):
         return self.ended.get(stage.parent)
 
     def suggest(self, trial_id: str) -> dict | str | None:
-        for stage in self.waiting:
-            if self._parent(stage):
+        for stage in list(self.waiting):
+            if self._parent(stage) and not self._held_elsewhere(stage):
                 self.waiting.remove(stage)
                 self.trials[trial_id] = stage.id
                 return {"stage_id": stage.id}
@@ -296,7 +320,7 @@ class RayBackend:
                                         TrialResources(stages, resources))
         events = StageEvents(listeners, Path(out_root))
         at_once = concurrent_trials(stages, resources, self.max_concurrent)
-        order = StageOrder(stages, Path(out_root))
+        order = StageOrder(stages, Path(out_root), listeners)
         name = f"wave{wave}-{time.strftime('%Y%m%d-%H%M%S')}"
         tuner = tune.Tuner(
             trainable,

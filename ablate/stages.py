@@ -11,7 +11,6 @@ process, and rank 0's per-epoch metrics come back to it through `report`.
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import resource
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ablate import node, store
+from ablate.lease import Lease
 from ablate.plan import Stage
 from ablate.stage_warnings import recording as recording_warnings
 
@@ -121,16 +121,28 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+WAIT_S = 2.0  # how often a trial that finds its stage leased elsewhere looks again
+
+
 @contextmanager
-def _exclusive(folder: Path) -> Iterator[None]:
-    """One process per stage folder at a time: two studies sharing a stage and run at once take
-    turns instead of writing the same checkpoints (the second then finds it done)."""
-    with (folder / ".lock").open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _exclusive(folder: Path, out_root: Path, stage_id: str) -> Iterator[dict | None]:
+    """One process per stage at a time, across drivers and machines sharing the root (ablate/lease.py).
+    Yields the stage's result when it is (or becomes) done elsewhere, else None with the lease held.
+    The driver hands out no stage leased by a live owner; a trial that still meets one (two
+    drivers handing it out at once) waits for it to end or go stale."""
+    lease = Lease(folder)
+    while True:
+        done = store.result(out_root, stage_id)
+        if done is not None:
+            yield done
+            return
+        if lease.acquire() is None:
+            break
+        time.sleep(WAIT_S)
+    try:
+        yield store.result(out_root, stage_id)  # finished between the look and the lease
+    finally:
+        lease.release()
 
 
 def run_stage(stage: Stage, out_root: Path, report: Report | None = None, *, threads: int | None = None,
@@ -148,8 +160,7 @@ def run_stage(stage: Stage, out_root: Path, report: Report | None = None, *, thr
                          f"them (ablate.distributed.run_data_parallel), not in process")
     folder = store.stage_dir(out_root, stage.id)
     folder.mkdir(parents=True, exist_ok=True)
-    with _exclusive(folder):
-        done = store.result(out_root, stage.id)
+    with _exclusive(folder, out_root, stage.id) as done:
         if done is not None:  # finished meanwhile by another run sharing the store
             return done
         return _run_locked(stage, out_root, folder, report, threads, fault or Fault(os.environ.get(FAULT_ENV)),

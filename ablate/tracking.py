@@ -15,13 +15,15 @@ logs the missing epochs from the stages' metrics.jsonl and ends them as their st
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
-from ablate import store
+from ablate import lease, store
 from ablate.plan import Plan
 
 PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
@@ -72,6 +74,7 @@ class StudyTracker:
         self._status: dict[str, str] = {}  # stage_id -> its run's status when this tracker opened
         self._created: set[str] = set()  # runs this process created: nothing was logged to them before
         self._steps: dict[tuple[str, str], set[int]] = {}  # (run id, metric) -> steps logged
+        self._started: set[str] = set()  # stages this driver's trials started
 
     # ------------------------------------------------------------------------- opening
     def open(self) -> StudyTracker:
@@ -82,23 +85,39 @@ class StudyTracker:
 
         if self.uri.startswith("sqlite:"):  # the database lives in the study's folder
             self.study_dir.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=self.uri)
         name = self.plan.study.name
-        experiment = self.client.get_experiment_by_name(name)
-        if experiment is None:
-            location = (self.study_dir / "mlartifacts").resolve().as_uri() if self.uri.startswith("sqlite:") else None
-            self.experiment_id = self.client.create_experiment(name, artifact_location=location)
-        else:
-            self.experiment_id = experiment.experiment_id
-            if experiment.lifecycle_stage == "deleted":
-                self.client.restore_experiment(self.experiment_id)
-        self.parent_id = self._find_or_create_parent()
+        with self._creating():  # also the database's tables: two drivers creating them at once break it
+            self.client = MlflowClient(tracking_uri=self.uri)
+            experiment = self.client.get_experiment_by_name(name)
+            if experiment is None:
+                location = (self.study_dir / "mlartifacts").resolve().as_uri() if self.uri.startswith("sqlite:") else None
+                self.experiment_id = self.client.create_experiment(name, artifact_location=location)
+            else:
+                self.experiment_id = experiment.experiment_id
+                if experiment.lifecycle_stage == "deleted":
+                    self.client.restore_experiment(self.experiment_id)
+            self.parent_id = self._find_or_create_parent()
         for run in self._search(f"tags.role = '{CHILD_ROLE}' and tags.`mlflow.parentRunId` = '{self.parent_id}'"):
             sid = run.data.tags.get("stage_id")
             if sid not in self.children:
                 self.children[sid] = run.info.run_id
                 self._status[sid] = run.info.status
         return self
+
+    @contextmanager
+    def _creating(self) -> Iterator[None]:
+        """One driver at a time finds or creates the experiment, the parent or a child run: drivers
+        sharing a study's sqlite database (on the driver's local disk) then find each other's runs
+        instead of opening a second one. A tracking server is asked without this lock."""
+        if not self.uri.startswith("sqlite:"):
+            yield
+            return
+        with (self.study_dir / ".tracking.lock").open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _search(self, filter_string: str) -> list:
         out, token = [], None
@@ -132,6 +151,16 @@ class StudyTracker:
         """The stage's run: found (this process or by tag) or created once, with its params."""
         if stage_id in self.children:
             return self.children[stage_id]
+        with self._creating():
+            found = self._search(f"tags.role = '{CHILD_ROLE}' and tags.`mlflow.parentRunId` = '{self.parent_id}' "
+                                 f"and tags.stage_id = '{stage_id}'")
+            if found:  # opened meanwhile by another driver of this study
+                self.children[stage_id] = found[0].info.run_id
+                self._status[stage_id] = found[0].info.status
+                return self.children[stage_id]
+            return self._create_child(stage_id)
+
+    def _create_child(self, stage_id: str) -> str:
         from mlflow.entities import Param
 
         stage = self.plan.stages[stage_id]
@@ -256,6 +285,8 @@ class StudyTracker:
                 self.client.set_tag(run_id, "reused", "true")
                 added += 1
             elif self._status.get(sid) in LEFT_OPEN:
+                if state not in END_STATUS and lease.live_holder(store.stage_dir(self.out_root, sid)):
+                    continue  # another driver runs it now and ends its run
                 self._catch_up(sid, run_id)
             else:
                 continue  # ended by the run that ran it, with every epoch it reported
@@ -270,6 +301,7 @@ class StudyTracker:
         pass
 
     def stage_started(self, stage_id: str) -> None:
+        self._started.add(stage_id)
         run_id = self.child(stage_id)
         self.client.update_run(run_id, status="RUNNING")
 
@@ -286,6 +318,9 @@ class StudyTracker:
 
     def stage_ended(self, stage_id: str, state: str, error: str | None) -> None:
         self._finish(stage_id, state, error)
+
+    def stage_elsewhere(self, stage_id: str, owner: str) -> None:
+        pass  # its run belongs to the driver that runs it; this one ends it when it is done
 
     # ------------------------------------------------------------------------- closing
     def log_study_artifacts(self, paths: Iterable[Path]) -> None:
@@ -313,9 +348,9 @@ class StudyTracker:
         child left RUNNING (interrupted) is KILLED too."""
         if self.client is None:
             return
-        if status == "KILLED":
+        if status == "KILLED":  # the runs of the stages this driver ran (another driver ends its own)
             for sid, run_id in self.children.items():
-                if self.client.get_run(run_id).info.status == "RUNNING":
+                if sid in self._started and self.client.get_run(run_id).info.status == "RUNNING":
                     self.client.set_terminated(run_id, "KILLED")
         self.client.set_terminated(self.parent_id, status)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ablate import store
+from ablate import lease, store
 from ablate.cost import estimate
 from ablate.plan import Plan
 from ablate.results import RESULTS
@@ -106,6 +106,9 @@ def status_table(plan: Plan, out_root: Path, console: Console) -> None:
                   else ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
         if states[sid] == store.BLOCKED:
             detail = f"waits for {stage.parent}, which failed"
+        owner = lease.live_holder(store.stage_dir(out_root, sid)) if states[sid] == store.PENDING else None
+        if owner is not None:
+            detail = f"running now: {owner}"
         table.add_row(sid, users[0][1] if users else stage.kind,
                       arms[0] if len(arms) == 1 else f"{len(arms)} arms", states[sid],
                       f"{reported}/{stage.epochs}", store.ran_on(out_root, sid), detail[:120])

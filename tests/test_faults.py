@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from ablate import store
 from ablate.cli import app
 from ablate.stages import run_stage
-from tests.test_runner import PROFILE, mlflow_runs, run, stamps, the_plan
+from tests.test_runner import PROFILE, mlflow_runs, ray_session, run, stamps, the_plan  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.slow
 

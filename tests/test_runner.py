@@ -7,6 +7,7 @@ functions on the test-sized model and synthetic data. Each backend must pass the
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -40,6 +41,16 @@ evaluations: {evaluations}
 figures: [loss_curves]
 """
 BACKENDS = ["ray"]
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray for the module (start-up costs seconds); the backend joins it."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    yield
+    ray.shutdown()
 
 
 @pytest.fixture(params=BACKENDS)

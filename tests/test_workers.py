@@ -10,6 +10,7 @@ with exit status 2 before anything waits.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -194,8 +195,8 @@ def finetune_job(accum: int, **fields):
 
 CASES = {"end_to_end": {}, "batchnorm_head": {"tune_blocks": 0}}  # fine-tune field overrides per case
 # Top-1 points between one and two workers for the BatchNorm head, whose running statistics are the
-# ranks' mean rather than one pass's.
-PARTIAL_TOLERANCE = 2.0
+# ranks' mean rather than one pass's: two of the 32 test images (synthetic_size 128 / 4) may flip.
+PARTIAL_TOLERANCE = 2 * 100 / 32
 
 
 def _finetune_rank(rank: int, world: int, init: str, root: str, reported) -> None:
@@ -277,6 +278,18 @@ def test_partial_finetune_of_a_batchnorm_head_trains_the_same_on_two_workers(fin
 
 
 # ---- a study through `ablate run`, real local Ray and MLflow -------------------------------------
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    yield
+    if started:
+        ray.shutdown()
+
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:

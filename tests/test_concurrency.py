@@ -1,0 +1,118 @@
+"""Drivers that share an output root: the stage lease (ablate/lease.py), and two `ablate run` of one
+study started together, each a real subprocess with its own Ray, one sqlite MLflow store."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ablate import lease, store
+from ablate.lease import Lease
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_lease(folder: Path, host: str, pid: int, beat: float) -> None:
+    (folder / lease.LEASE).write_text(json.dumps({"host": host, "pid": pid, "started": beat, "beat": beat}))
+
+
+def dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
+
+
+def test_a_lease_is_exclusive_and_names_its_owner(tmp_path):
+    mine = Lease(tmp_path)
+    assert mine.acquire() is None
+    held = lease.holder(tmp_path)
+    assert (held.host, held.pid) == (socket.gethostname(), os.getpid())
+    write_lease(tmp_path, socket.gethostname(), os.getppid(), time.time())  # another live process here
+    other = Lease(tmp_path).acquire()
+    assert other is not None and other.pid == os.getppid() and str(other) == f"{socket.gethostname()}/{os.getppid()}"
+    mine.beat()  # the heartbeat never overwrites a lease it no longer holds
+    assert lease.holder(tmp_path).pid == os.getppid()
+    mine.release()  # nor does releasing remove it
+    assert lease.holder(tmp_path).pid == os.getppid()
+
+
+def test_a_stale_lease_is_taken_over(tmp_path):
+    write_lease(tmp_path, socket.gethostname(), dead_pid(), time.time())  # its process is gone
+    assert lease.live_holder(tmp_path) is None
+    taker = Lease(tmp_path)
+    assert taker.acquire() is None and lease.holder(tmp_path).pid == os.getpid()
+    taker.release()
+    assert not (tmp_path / lease.LEASE).exists() and lease.live_holder(tmp_path) is None
+
+    write_lease(tmp_path, "another-host", 1, time.time() - lease.STALE_S - 1)  # heartbeat stopped elsewhere
+    assert Lease(tmp_path).acquire() is None
+    write_lease(tmp_path, "another-host", 1, time.time())  # alive elsewhere: kept
+    assert str(Lease(tmp_path).acquire()) == "another-host/1"
+
+
+def test_the_heartbeat_keeps_a_lease_alive(tmp_path):
+    mine = Lease(tmp_path)
+    assert mine.acquire() is None
+    write_lease(tmp_path, socket.gethostname(), os.getpid(), time.time() - lease.STALE_S - 1)  # as if it stalled
+    assert lease.holder(tmp_path).gone()  # a live pid with a stopped heartbeat is hung (or the pid reused)
+    mine.beat()
+    assert not lease.holder(tmp_path).gone() and time.time() - lease.holder(tmp_path).beat < lease.STALE_S
+    mine.release()
+
+
+PROFILE = """\
+description: tiny concurrency-test profile
+base:
+  model: {variant: vit_test}
+  data: {dataset: synthetic, synthetic_size: 64, num_workers: 0}
+  pretrain: {epochs: 3, warmup_epochs: 0, batch_size: 16, device: cpu, threads: 1}
+  linear_probe: {epochs: 2, warmup_epochs: 0, batch_size: 16, augmentation: none, device: cpu, threads: 1}
+resources: {cpu: 1, gpu: 0}
+"""
+STUDY = "name: shared\naxes:\n  model.mask_ratio: [0.5, 0.75]\nevaluations: [linear_probe]\nfigures: []\n"
+
+
+@pytest.mark.slow
+def test_two_drivers_on_one_root_run_each_stage_once_with_one_mlflow_run_each(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(PROFILE)
+    (tmp_path / "shared.yaml").write_text(STUDY)
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    command = [sys.executable, "-m", "ablate.cli", "run", str(tmp_path / "shared.yaml"), "--profile",
+               str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "runs")]
+    drivers = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True) for _ in range(2)]
+    outputs = [d.communicate(timeout=600)[0] for d in drivers]
+    for driver, output in zip(drivers, outputs):
+        assert driver.returncode == 0, output[-3000:]
+        assert "Traceback" not in output
+
+    from ablate.plan import plan
+    from ablate.profiles import load_profile
+    from ablate.study import load_study
+
+    s = load_study(tmp_path / "shared.yaml")
+    stages = plan(s, load_profile(str(tmp_path / "tiny.yaml"), s.source)).stages
+    out = tmp_path / "runs"
+    for sid in stages:  # computed once: one attempt, by one driver's trial
+        assert len(store.attempts(out, sid)) == 1, sid
+        assert not (store.stage_dir(out, sid) / lease.LEASE).exists()
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out / 'shared' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("shared").experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags["role"] == "study"]
+    children = [r for r in runs if r.data.tags["role"] == "stage"]
+    assert len(parents) == 1 and sorted(r.data.tags["stage_id"] for r in children) == sorted(stages)
+    assert all(r.info.status == "FINISHED" for r in runs)
+    for run in children:  # every (run, metric, step) once
+        for key in run.data.metrics:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert len(steps) == len(set(steps)), (run.data.tags["stage_id"], key, steps)
+        if run.data.tags["kind"] == "pretrain":
+            assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "pretrain_loss")) == [0, 1, 2]
