@@ -88,8 +88,12 @@ class Lease:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "wb") as f:
-            f.write(self._record(time.time()))
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(self._record(time.time()))
+        except BaseException:  # a full disk: no empty lease left behind, the error is the caller's
+            self.path.unlink(missing_ok=True)
+            raise
         return True
 
     def acquire(self) -> Holder | None:
@@ -120,8 +124,12 @@ class Lease:
         if found is None or (found.host, found.pid) != (self.me.host, self.me.pid):
             return
         tmp = self.path.with_name(f"{LEASE}.{self.me.pid}.tmp")
-        tmp.write_bytes(self._record(time.time()))
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_bytes(self._record(time.time()))
+            os.replace(tmp, self.path)
+        except BaseException:  # a full disk: the old beat stays, and no half-written file
+            tmp.unlink(missing_ok=True)
+            raise
 
     def _start_heartbeat(self) -> None:
         if self._thread is not None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ablate import node, store
+from ablate import node, pictures, store
 from ablate.lease import Lease
 from ablate.plan import Stage
 from ablate.stage_warnings import recording as recording_warnings
@@ -201,6 +201,7 @@ def _run_locked(stage: Stage, out_root: Path, folder: Path, report: Report | Non
     # SystemExit / KeyboardInterrupt: the run was stopped (Tune stops trials that way on Ctrl-C),
     # the stage did not fail; it stays pending and resumes from its checkpoint.
     result = {k: _plain(v) for k, v in result.items()}
+    pictures.draw(folder, f"{stage.kind} {stage.id}")  # before result.json: a done stage has them
     store.write_json_atomic(folder / store.RESULT, {
         **result, "stage_id": stage.id, "kind": stage.kind, "started_at": meta["attempts"][-1]["started_at"],
         "finished_at": _now(), "attempt_wall_s": time.time() - started, "attempts": len(meta["attempts"]),

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from ablate import lease, store
+from ablate import lease, pictures, store
 from ablate.plan import Plan
 
 PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
@@ -243,23 +243,14 @@ class StudyTracker:
         self.client.set_terminated(run_id, END_STATUS.get(state, "KILLED"))
 
     def _log_pictures(self, run_id: str, stage_id: str) -> None:
-        """The stage's own pictures in its run, drawn from its own files: its per-epoch curves and,
-        for a pre-training, its reconstructions (none when the dashboards are not installed)."""
-        try:
-            import pandas as pd
-            from dashboards.figures import stage_curves
-            from dashboards.recon import reconstruction_grid
-        except ImportError:
-            return
-        stage = self.plan.stages[stage_id]
-        epochs = store.epochs(self.out_root, stage_id)
-        if epochs:
-            title = f"{self.client.get_run(run_id).info.run_name} ({stage_id})"
-            self.client.log_figure(run_id, stage_curves(pd.DataFrame(epochs), title), "curves.png")
-        recon = store.stage_dir(self.out_root, stage_id) / "reconstructions.npz"
-        if stage.kind == "pretrain" and recon.is_file():
-            self.client.log_figure(run_id, reconstruction_grid(recon, title=f"Reconstructions ({stage_id})"),
-                                   "reconstructions.png")
+        """The stage's own pictures (ablate/pictures.py), drawn by its worker; a stage finished by
+        older code gets them drawn here once."""
+        folder = store.stage_dir(self.out_root, stage_id)
+        found = pictures.pictures(folder)
+        if not found and store.state(self.out_root, stage_id) == store.DONE:
+            found = pictures.draw(folder, f"{self.plan.stages[stage_id].kind} {stage_id}")
+        for path in found:
+            self.client.log_artifact(run_id, str(path))
 
     def _catch_up(self, stage_id: str, run_id: str) -> None:
         """Log the epochs in the stage's metrics.jsonl that never reached the driver: a worker

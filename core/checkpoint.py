@@ -10,6 +10,7 @@ previous checkpoint is kept, so a file truncated on disk is detected and the one
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import os
 import re
@@ -51,10 +52,24 @@ def atomic_save(obj: Any, path: Path) -> None:
         os.replace(tmp, path)
         side_tmp.write_text(digest + "\n")
         os.replace(side_tmp, side)
-    except BaseException:  # a full disk leaves the previous files, never half of one
+    except BaseException as e:  # a full disk leaves the previous files, never half of one
+        # torch's zip writer reports a failed write as RuntimeError('... unexpected pos ...'): named
+        # here, where it happens, for what it is when the disk is full (before the partial file
+        # is removed and frees some space)
+        full = isinstance(e, RuntimeError) and _disk_full(path.parent)
         tmp.unlink(missing_ok=True)
         side_tmp.unlink(missing_ok=True)
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp)) from e
         raise
+
+
+def _disk_full(folder: Path) -> bool:
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return False
+    return stats.f_bavail == 0 or stats.f_favail == 0
 
 
 def safe_load(path: Path, verify: bool = True) -> Any:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up, then run the quickstart study end to end on real Fashion-MNIST (about 2 minutes on 2 cores after set-up).
+# Set up, then run the quickstart study end to end on real Fashion-MNIST (about 3 minutes on 2 cores after set-up).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
