@@ -152,7 +152,10 @@ def show_plan(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.D
 @app.command()
 def run(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT_OUT, seeds: SeedsOpt = None,
         address: Annotated[Optional[str], typer.Option(help="Join a running Ray cluster ('auto' or host:port) "
-                                                            "instead of starting a local one.")] = None,
+                                                            "instead of starting a private local one; a head "
+                                                            "with token authentication gets your Ray token "
+                                                            "(RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or "
+                                                            "~/.ray/auth_token).")] = None,
         rerun_failed: Annotated[bool, typer.Option("--rerun-failed", help="Retry stages that failed (otherwise "
                                                                           "they are reported, not retried).")] = False,
         max_concurrent: Annotated[Optional[int], typer.Option(min=1, help="At most this many trials at once "
