@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from core.config import ModelConfig
-from core.data_files import test_file_images, train_file_images
+from core.data_files import carve, test_file_images, train_file_images
 from ablate.plan import Stage
 from ablate.profiles import Profile
 
@@ -33,10 +33,7 @@ def split_sizes(data: Mapping[str, Any]) -> tuple[int, int, int]:
     counted = [f(data["dataset"], data.get("root"), data["synthetic_size"]) for f in (train_file_images,
                                                                                        test_file_images)]
     n_train, n_test = counted if None not in counted else IMAGENET_SIZES
-    n_val = int(round(n_train * data["val_fraction"]))
-    train = n_train - n_val
-    if data.get("train_limit"):
-        train = min(train, data["train_limit"])
+    train, n_val = carve(n_train, data["val_fraction"], data.get("train_limit"))
     if data.get("test_limit"):
         n_test = min(n_test, data["test_limit"])
     return train, n_val, n_test

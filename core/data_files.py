@@ -5,6 +5,7 @@ anything is created or started (core/data.py reads the files, in the trials).
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 CACHE_ROOT = "~/.cache/mae-ablate/data"
@@ -76,7 +77,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 TEST_FILE_IMAGES = {"fashion_mnist": 10_000, "cifar10": 10_000, "cifar100": 10_000}
 
 
+@functools.lru_cache(maxsize=64)
 def _count_images(folder: Path) -> int | None:
+    """Counted once per process: planning asks for every arm and seed, and ImageNet has 1.3M files."""
     if not folder.is_dir():
         return None
     return sum(1 for path in folder.rglob("*") if path.suffix.lower() in IMAGE_EXTENSIONS)
@@ -107,7 +110,11 @@ def train_images(dataset: str, root: str | None, synthetic_size: int, val_fracti
     """Images in the `train` split a stage trains on: the training file less the validation share
     (as core.data.carve_splits carves it), at most `train_limit`; None when unknown."""
     total = train_file_images(dataset, root, synthetic_size)
-    if total is None:
-        return None
-    train = total - int(round(total * val_fraction))
-    return min(train, train_limit) if train_limit is not None else train
+    return None if total is None else carve(total, val_fraction, train_limit)[0]
+
+
+def carve(total: int, val_fraction: float, train_limit: int | None) -> tuple[int, int]:
+    """(train, val) images of a training file of `total`, as core.data.carve_splits cuts it."""
+    val = int(round(total * val_fraction))
+    train = total - val
+    return (min(train, train_limit) if train_limit else train), val
