@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,11 +216,12 @@ class StageEvents(tune.Callback):
     def __init__(self, listeners: Listeners, out_root: Path) -> None:
         self.listeners, self.out_root = listeners, Path(out_root)
         self.ended: set[str] = set()
+        self.storage_errors: list[OSError] = []  # trials stopped by a full or read-only disk
 
     def __getstate__(self) -> dict:
         # Tune pickles its callbacks into the experiment state; the listeners (database client,
         # live view) stay in this process, the only one that calls them.
-        return {"out_root": self.out_root, "ended": set(), "listeners": None}
+        return {"out_root": self.out_root, "ended": set(), "listeners": None, "storage_errors": []}
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self.listeners.stage_started(trial.config["stage_id"])
@@ -237,7 +239,10 @@ class StageEvents(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         sid = trial.config["stage_id"]
         folder = store.stage_dir(self.out_root, sid)
-        if store.state(self.out_root, sid) != store.DONE:
+        full = _storage_error(trial)
+        if full is not None:
+            self.storage_errors.append(full)
+        elif store.state(self.out_root, sid) != store.DONE:
             text = _error_text(trial)
             if not (folder / store.ERROR).is_file() or "RayActorError" in text or "died" in text:
                 store.write_error(folder, f"failed after {MAX_FAILURES + 1} attempts; last error:\n{text}")
@@ -246,6 +251,15 @@ class StageEvents(tune.Callback):
     def _ended(self, sid: str) -> None:
         self.ended.add(sid)
         self.listeners.stage_ended(sid, store.state(self.out_root, sid), store.error_line(self.out_root, sid) or None)
+
+
+def _storage_error(trial) -> OSError | None:
+    """Whether the trial's last error is a full or read-only disk: not the stage's failure, so it
+    stays pending (the driver then stops the study in one line and the same command resumes it)."""
+    try:
+        return store.storage_error(trial.get_pickled_error())
+    except Exception:  # noqa: BLE001 - an error that cannot be unpickled is not a storage error we know of
+        return None
 
 
 def _error_text(trial) -> str:
@@ -298,8 +312,12 @@ class RayBackend:
             check_cluster(stages, resources)
 
     def run_wave(self, wave: int, stages: Sequence[Stage], all_stages: Mapping[str, Stage], *, out_root: Path,
-                 resources: Resources, listeners: Listeners, experiment_dir: Path) -> None:
+                 resources: Resources, listeners: Listeners) -> None:
         """Run one wave of stages to the end; each ends done or failed in the store.
+
+        Tune's experiment folder goes in this machine's temporary folder, not under `out_root`: only
+        Tuner.restore needs it, which we never use (the stage store is the state), and Tune's own
+        writes there must not fail on a full output disk before ours can say so in one line.
 
         Raises Interrupted when Ctrl-C stopped it (Tune stops its trials on the first one).
         """
@@ -322,6 +340,7 @@ class RayBackend:
         at_once = concurrent_trials(stages, resources, self.max_concurrent)
         order = StageOrder(stages, Path(out_root), listeners)
         name = f"wave{wave}-{time.strftime('%Y%m%d-%H%M%S')}"
+        scratch = tempfile.mkdtemp(prefix="ablate-tune-")
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=order, num_samples=len(stages),
@@ -330,7 +349,7 @@ class RayBackend:
                                         trial_dirname_creator=lambda t: t.config["stage_id"]),
             run_config=tune.RunConfig(
                 name=name,
-                storage_path=str(Path(experiment_dir).resolve()),
+                storage_path=scratch,
                 failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
                 verbose=0,
                 callbacks=[events],
@@ -341,9 +360,9 @@ class RayBackend:
         except KeyboardInterrupt:
             raise Interrupted() from None
         finally:
-            # Tune's experiment folder is only needed by Tuner.restore, which we never use: the
-            # stage store is the state (and each stage's error.txt keeps its trial's error).
-            shutil.rmtree(Path(experiment_dir) / name, ignore_errors=True)
+            shutil.rmtree(scratch, ignore_errors=True)  # each stage's error.txt keeps its trial's error
+        if events.storage_errors:  # the disk, not the stages: they stay pending and the study stops in one line
+            raise events.storage_errors[0]
         # Neither ended nor dropped below a failed parent: Tune stopped early (SIGINT).
         unfinished = [s.id for s in stages if s.id not in events.ended and s.id not in order.ended]
         if unfinished:  # Tune stops its trials on SIGINT and returns without finishing them

@@ -33,7 +33,7 @@ class Backend(Protocol):
         """Raise CannotRun when these stages can never run here (e.g. ClusterTooSmall)."""
 
     def run_wave(self, wave: int, stages: Sequence[Stage], all_stages: dict[str, Stage], *, out_root: Path,
-                 resources: Resources, listeners: Listeners, experiment_dir: Path) -> None: ...
+                 resources: Resources, listeners: Listeners) -> None: ...
 
 
 @dataclass
@@ -127,7 +127,7 @@ def _run_study(plan: Plan, out_root: Path, *, backend: Backend | None, rerun_fai
             while todo := runnable(plan, states):
                 wave += 1
                 backend.run_wave(wave, todo, dict(plan.stages), out_root=out_root, resources=plan.resources,
-                                 listeners=listeners, experiment_dir=study_dir / "ray")
+                                 listeners=listeners)
                 outcome.ran += [s.id for s in todo]
                 check_writable(store.stages_root(out_root), study_dir)  # a full disk fails every stage alike
                 for stage in todo:  # a stage that could run must end done or failed, or the next wave would retry it
@@ -149,10 +149,6 @@ def _run_study(plan: Plan, out_root: Path, *, backend: Backend | None, rerun_fai
         raise
     outcome.states = current_states(plan, out_root)
     _publish(plan, out_root, study_dir, outcome, tracker, final=True, console=console)
-    try:
-        (study_dir / "ray").rmdir()  # the backend's scratch folder, when it left nothing
-    except OSError:
-        pass
     failed = outcome.count(store.FAILED) + outcome.count(store.BLOCKED)
     _tracking(console, tracker.log_study_metrics, {k: outcome.count(k) for k in (store.DONE, store.FAILED, store.BLOCKED)})
     _tracking(console, tracker.close, "FAILED" if failed else "FINISHED")

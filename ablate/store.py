@@ -81,7 +81,8 @@ def storage_error(exc: BaseException | None) -> OSError | None:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
             return exc
-        exc = exc.__cause__ or exc.__context__
+        # a worker's exception comes back wrapped in Ray's RayTaskError, the original as `.cause`
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
     return None
 
 

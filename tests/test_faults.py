@@ -355,7 +355,8 @@ def test_disk_full_mid_run_stops_in_one_line_and_resumes(tmp_path, mounted, ray_
     folder = store.stage_dir(project / "runs", sid)
     for checkpoint in folder.glob("checkpoint-*.pth"):
         safe_load(checkpoint)  # checksum verified: whole
-    assert store.state(project / "runs", sid) == store.PENDING and not (folder / store.ERROR).exists()
+    assert store.state(project / "runs", sid) == store.PENDING and not (folder / store.ERROR).exists(), \
+        store.error_line(project / "runs", sid)
 
     filler.unlink()
     again = run(project, study)
