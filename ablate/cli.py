@@ -6,6 +6,7 @@ anything is created.
 """
 from __future__ import annotations
 
+import enum
 import importlib
 import shutil
 import subprocess
@@ -98,6 +99,11 @@ OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output root: the shar
 EXIT_FAILED, EXIT_INTERRUPTED = 1, 130  # some stage failed; stopped by Ctrl-C
 
 
+class BackendName(str, enum.Enum):
+    ray = "ray"
+    serial = "serial"
+
+
 @contextmanager
 def bad_input() -> Iterator[None]:
     """StudyError -> one line on stderr, exit status 2, no traceback."""
@@ -160,12 +166,19 @@ def run(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT
                                                                           "they are reported, not retried).")] = False,
         max_concurrent: Annotated[Optional[int], typer.Option(min=1, help="At most this many trials at once "
                                                                           "(default: as resources allow).")] = None,
+        backend: Annotated[BackendName, typer.Option(help="ray: stages as Ray Tune trials, in parallel (a private "
+                                                          "local Ray, or --address); serial: one after another in "
+                                                          "this process, without Ray (a breakpoint in core/ stops "
+                                                          "here; no data-parallel stages).")] = BackendName.ray,
         ) -> None:
     """Run a study (or resume it: finished stages are skipped), tracked in MLflow, then draw its report."""
-    from ablate.ray_backend import RayBackend
     from ablate.runner import run_study
     from ablate.views import outcome_summary
 
+    if backend is BackendName.serial and (address or max_concurrent):
+        option = "--address" if address else "--max-concurrent"
+        typer.echo(f"{option}: only for --backend ray (the serial backend runs one stage at a time, here)", err=True)
+        raise typer.Exit(2)
     p = load(study, profile, seeds=seeds)
     crash.write_into(store.study_dir(out, p.study.name))
     with bad_input():  # before anything is written or started
@@ -176,13 +189,21 @@ def run(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT
     for line in preflight.summary(p, out, data_checked=address is None):
         console.print(line)
     try:
-        outcome = run_study(p, out, backend=RayBackend(address, max_concurrent, say=console.print), rerun_failed=rerun_failed,
-                            console=console)
+        outcome = run_study(p, out, backend=_backend(backend, address, max_concurrent, console),
+                            rerun_failed=rerun_failed, console=console)
     except CannotRun as e:
         typer.echo(f"cannot run {p.study.name}: {e}", err=True)
         raise typer.Exit(e.exit_code) from None
     code = outcome_summary(p, outcome, console, resume=_resume_command(study, profile, out, seeds))
     raise typer.Exit(EXIT_INTERRUPTED if outcome.interrupted else code)
+
+
+def _backend(name: BackendName, address: str | None, max_concurrent: int | None, console: Console):
+    if name is BackendName.serial:
+        from ablate.serial_backend import SerialBackend
+        return SerialBackend()
+    from ablate.ray_backend import RayBackend
+    return RayBackend(address, max_concurrent, say=console.print)
 
 
 @app.command()

@@ -1,11 +1,45 @@
-"""What a backend tells the driver while stages run; tracking and the live view listen.
+"""The backend contract: what runs a wave of stages (`Backend`), and what it tells the driver
+while they run (`StageListener`); tracking and the live view listen.
 
-The Ray backend turns Tune's trial events into these calls (one driver-side `tune.Callback`), so
-the listeners need no Ray and every backend drives them the same way.
+Two backends: the Ray backend (ablate/ray_backend.py) turns Tune's trial events into these calls
+(one driver-side `tune.Callback`); the serial one (ablate/serial_backend.py) makes them itself.
+The listeners need no Ray and every backend drives them the same way; tests/test_runner.py runs
+one contract suite over both.
 """
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
+
+if TYPE_CHECKING:
+    from ablate.plan import Stage
+    from ablate.study import Resources
+
+MAX_FAILURES = 2  # a stage's attempts beyond the first, in every backend, before it is failed
+
+
+def numeric(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The numbers among a stage's reported values (what `stage_epoch` carries)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class Interrupted(Exception):
+    """The study was stopped (Ctrl-C); finished stages are kept and running ones resume next time."""
+
+
+class Backend(Protocol):
+    def __enter__(self) -> Backend: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def admit(self, stages: Sequence[Stage], resources: Resources) -> None:
+        """Raise CannotRun when these stages can never run here (e.g. ClusterTooSmall)."""
+
+    def run_wave(self, wave: int, stages: Sequence[Stage], all_stages: dict[str, Stage], *, out_root: Path,
+                 resources: Resources, listeners: Listeners) -> None:
+        """Run the stages to the end, children after their parent, none below a parent that failed;
+        each ends done or failed in the store (retried up to MAX_FAILURES times first). Raises
+        Interrupted on Ctrl-C, and the OSError of a full or read-only disk, leaving its stage pending."""
 
 
 class StageListener(Protocol):

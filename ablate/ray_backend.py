@@ -34,12 +34,11 @@ from ray.tune.search import Searcher
 
 from ablate import lease, ray_cluster, store
 from ablate.errors import ClusterTooSmall
-from ablate.events import Listeners
+from ablate.events import MAX_FAILURES, Interrupted, Listeners, numeric
 from ablate.plan import Stage
 from ablate.stages import FAULT_ENV, Launch
 from ablate.study import Resources
 
-MAX_FAILURES = 2
 # What a data-parallel trial itself holds while its workers train: Tune refuses an all-zero
 # request, and any CPU fraction would be missing when the workers need every CPU of a node. One
 # byte of Ray's `memory` resource (every node has it) takes nothing anybody needs.
@@ -50,10 +49,6 @@ STAGE = "ablate_stage_id"
 _TUNE_KEYS = {"done", "training_iteration", "trial_id", "date", "timestamp", "time_this_iter_s", "time_total_s",
               "pid", "hostname", "node_ip", "config", "time_since_restore", "iterations_since_restore",
               "checkpoint_dir_name", "experiment_tag", "should_checkpoint"}
-
-
-class Interrupted(Exception):
-    """The study was stopped (Ctrl-C); finished stages are kept and running ones resume next time."""
 
 
 @dataclass(frozen=True)
@@ -204,9 +199,7 @@ class StageOrder(Searcher):
 
 def metrics_of(result: Mapping[str, Any]) -> dict[str, Any]:
     """Our metrics from a Tune result: numbers only, Tune's bookkeeping dropped."""
-    return {k: v for k, v in result.items()
-            if k not in _TUNE_KEYS and k not in (PHASE, STAGE) and isinstance(v, (int, float))
-            and not isinstance(v, bool)}
+    return numeric({k: v for k, v in result.items() if k not in _TUNE_KEYS and k not in (PHASE, STAGE)})
 
 
 class StageEvents(tune.Callback):

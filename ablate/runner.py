@@ -9,31 +9,18 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Sequence
 
 from rich.console import Console
 
 from ablate import results, store
 from ablate.errors import CannotRun
-from ablate.events import Listeners
+from ablate.events import Backend, Interrupted, Listeners
 from ablate.plan import Plan, Stage
 from ablate.progress import LiveView
-from ablate.study import Resources
 from ablate.tracking import StudyTracker
 
 RUN_INFO = "run.json"  # in the study folder: the profile and study file of the last run
-
-
-class Backend(Protocol):
-    def __enter__(self) -> Backend: ...
-
-    def __exit__(self, *exc: object) -> None: ...
-
-    def admit(self, stages: Sequence[Stage], resources: Resources) -> None:
-        """Raise CannotRun when these stages can never run here (e.g. ClusterTooSmall)."""
-
-    def run_wave(self, wave: int, stages: Sequence[Stage], all_stages: dict[str, Stage], *, out_root: Path,
-                 resources: Resources, listeners: Listeners) -> None: ...
 
 
 @dataclass
@@ -64,7 +51,7 @@ def current_states(plan: Plan, out_root: Path) -> dict[str, str]:
     return store.states(out_root, plan.stages, {s.id: s.parent for s in plan.stages.values()})
 
 
-def run_study(plan: Plan, out_root: Path = store.DEFAULT_OUT, *, backend: Backend | None = None,
+def run_study(plan: Plan, out_root: Path, *, backend: Backend,
               rerun_failed: bool = False, console: Console | None = None) -> Outcome:
     """Run the plan's runnable stages wave by wave, then write tables and the report.
 
@@ -90,13 +77,10 @@ def storage_message(error: OSError, out_root: Path) -> str:
             f"again: finished stages are kept and the others resume from their last checkpoint")
 
 
-def _run_study(plan: Plan, out_root: Path, *, backend: Backend | None, rerun_failed: bool,
+def _run_study(plan: Plan, out_root: Path, *, backend: Backend, rerun_failed: bool,
                console: Console) -> Outcome:
     study_dir = store.study_dir(out_root, plan.study.name)
     states = current_states(plan, out_root)
-    if backend is None:
-        from ablate.ray_backend import RayBackend
-        backend = RayBackend()
     # a trial the cluster can never place is refused before the study folder or its MLflow run exist
     backend.admit(runnable(plan, states), plan.resources)
     tracker = StudyTracker(plan, out_root, study_dir)
@@ -119,8 +103,6 @@ def _run_study(plan: Plan, out_root: Path, *, backend: Backend | None, rerun_fai
     outcome = Outcome(study_dir, states, mlflow=tracker.info())
     partial = PartialReport(lambda: _publish(plan, out_root, study_dir, outcome, tracker, final=False, console=console))
     listeners = Listeners([tracker, view, partial], warn=lambda text: console.print(text, style="yellow"))
-    from ablate.ray_backend import Interrupted
-
     try:
         with view, backend:
             wave = 0

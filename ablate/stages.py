@@ -39,13 +39,20 @@ class StageFailed(Exception):
     """A stage failed for good; `error.txt` in its folder says why."""
 
 
+class WorkerCrashed(BaseException):
+    """The serial backend's stand-in for a worker process that died (an injected crash): not an
+    Exception, so nothing in the engine catches it on the way out."""
+
+
 class Fault:
     """Failure injection for the backend contract tests: `ABLATE_FAULT=crash:<stage id or kind>:<epoch>`
-    makes the worker process exit hard after reporting that epoch, on the first attempt only;
+    makes the worker process exit hard after reporting that epoch, on the first attempt only (or
+    calls `crash`: the serial backend, whose worker is the driver, raises WorkerCrashed instead);
     `nan:<target>:<epoch>` raises the FloatingPointError a diverging loss raises. Several: comma-separated.
     The driver reads the variable and hands it to the trials, so it works with a running Ray."""
 
-    def __init__(self, spec: str | None):
+    def __init__(self, spec: str | None, crash: Callable[[], None] | None = None):
+        self.crash = crash or (lambda: os._exit(3))  # as a killed worker: no exception, no cleanup
         self.rules = []
         for part in filter(None, (spec or "").split(",")):
             mode, target, epoch = part.strip().split(":")
@@ -61,7 +68,7 @@ class Fault:
                 raise FloatingPointError(f"non-finite loss nan at epoch {epoch} (injected by {FAULT_ENV})")
             if not (folder / _FAULT_MARK).exists():
                 (folder / _FAULT_MARK).write_text(f"crashed at epoch {epoch}\n")
-                os._exit(3)  # as a killed worker: no exception, no cleanup
+                self.crash()
 
 
 # The core function behind each stage runner, imported in the worker only (the driver never loads

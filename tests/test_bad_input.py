@@ -89,6 +89,9 @@ COMMANDS = {
                                    ["is a file, so no folder can be made under it"]),
     "--out whose study folder is a file": (["run", "@STUDY", "--out", "@DIR/taken"], "--out:",
                                            ["taken/s is a file, not a folder"]),
+    "unknown backend": (["run", "@STUDY", "--backend", "dask"], "--backend:", ["'dask' is not one of", "ray", "serial"]),
+    "--address on the serial backend": (["run", "@STUDY", "--backend", "serial", "--address", "auto"], "--address:",
+                                        ["only for --backend ray"]),
     "ui port not a number": (["ui", "@STUDY", "--port", "http"], "--port:", ["valid integer"]),
 }
 

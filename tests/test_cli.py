@@ -54,7 +54,7 @@ def test_help_lists_every_command():
     for command in ("validate", "plan", "run", "status", "ui", "report"):
         assert command in result.stdout
     run_help = invoke("run", "--help").stdout
-    for option in ("--profile", "--out", "--address", "--rerun-failed", "--max-concurrent"):
+    for option in ("--profile", "--out", "--address", "--rerun-failed", "--max-concurrent", "--backend"):
         assert option in run_help
 
 

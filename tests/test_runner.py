@@ -2,7 +2,7 @@
 
 Real Ray (local, started once for the module), real MLflow (sqlite under tmp_path), real core
 functions on the test-sized model and synthetic data. Each backend must pass the same tests;
-`BACKENDS` lists them (Ray is the one there is).
+`BACKENDS` lists them: Ray and the in-process serial one.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ axes:
 evaluations: {evaluations}
 figures: [loss_curves]
 """
-BACKENDS = ["ray"]
+BACKENDS = ["ray", "serial"]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,9 @@ def ray_session():
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request, ray_session):
+def backend(request):
+    if request.param == "ray":
+        request.getfixturevalue("ray_session")
     return request.param
 
 
@@ -71,8 +73,9 @@ def write_study(project: Path, name: str, evaluations: str = "[linear_probe]", t
     return path
 
 
-def run(project: Path, study: Path, *extra: str):
-    result = CliRunner().invoke(app, ["run", str(study), "--profile", "tiny", "--out", str(project / "runs"), *extra])
+def run(project: Path, study: Path, *extra: str, backend: str = "ray"):
+    result = CliRunner().invoke(app, ["run", str(study), "--profile", "tiny", "--out", str(project / "runs"),
+                                      "--backend", backend, *extra])
     assert "Traceback" not in result.output, result.output
     return result
 
@@ -107,7 +110,7 @@ def stamps(project: Path, stage_ids) -> dict[str, tuple]:
 def test_two_arm_study_then_rerun_changes_nothing(project, backend):
     study = write_study(project, "two")
     p = the_plan(study)
-    result = run(project, study)
+    result = run(project, study, backend=backend)
     assert result.exit_code == 0, result.output
     assert "profile tiny: tiny contract-test profile" in result.output
 
@@ -155,7 +158,7 @@ def test_two_arm_study_then_rerun_changes_nothing(project, backend):
 
     # The same command again is the resume: nothing reruns, no run is added.
     before = stamps(project, p.stages)
-    again = run(project, study)
+    again = run(project, study, backend=backend)
     assert again.exit_code == 0, again.output
     assert "0 run now" in again.output
     assert stamps(project, p.stages) == before
@@ -165,7 +168,7 @@ def test_two_arm_study_then_rerun_changes_nothing(project, backend):
 
     # --seeds 2 widens the study without editing it: seed 0's stages are reused as they are and
     # seed 1's run; the report then judges each arm against the other's paired seeds.
-    wider = run(project, study, "--seeds", "2")
+    wider = run(project, study, "--seeds", "2", backend=backend)
     assert wider.exit_code == 0, wider.output
     assert stamps(project, p.stages) == before
     results = pd.read_csv(folder / "results.csv")
@@ -183,7 +186,7 @@ def test_worker_crash_is_retried_with_one_run_per_stage(project, backend, monkey
     p = the_plan(study)
     (sid,) = p.stages
     monkeypatch.setenv("ABLATE_FAULT", "crash:pretrain:0")  # the worker dies hard after epoch 0, once
-    result = run(project, study)
+    result = run(project, study, backend=backend)
     assert result.exit_code == 0, result.output
     assert "retry" in result.output
     folder = store.stage_dir(project / "runs", sid)
@@ -205,7 +208,7 @@ def test_failing_stage_is_recorded_and_the_other_arm_finishes(project, backend, 
     bad_arm, good_arm = p.runs
     bad = bad_arm.stages["pretrain"]
     monkeypatch.setenv("ABLATE_FAULT", f"nan:{bad}:0")
-    result = run(project, study)
+    result = run(project, study, backend=backend)
     assert result.exit_code == 1, result.output
     assert "--rerun-failed" in result.output
     out = project / "runs"
@@ -227,10 +230,10 @@ def test_failing_stage_is_recorded_and_the_other_arm_finishes(project, backend, 
 
     # Failed stages are reported, not retried ...
     monkeypatch.delenv("ABLATE_FAULT")
-    again = run(project, study)
+    again = run(project, study, backend=backend)
     assert again.exit_code == 1 and "0 run now" in again.output
     # ... unless asked; the retry reuses the stage's run.
-    fixed = run(project, study, "--rerun-failed")
+    fixed = run(project, study, "--rerun-failed", backend=backend)
     assert fixed.exit_code == 0, fixed.output
     assert all(store.state(out, sid) == store.DONE for sid in p.stages)
     runs = mlflow_runs(project, "nan")
@@ -251,7 +254,7 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(project, backend):
     study = project / "stop.yaml"
     study.write_text("name: stop\nbase:\n  pretrain: {epochs: 80}\nevaluations: []\nfigures: []\n")
     command = [sys.executable, "-m", "ablate.cli", "run", str(study), "--profile", "tiny", "--out",
-               str(project / "runs")]
+               str(project / "runs"), "--backend", backend]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     deadline = time.time() + 120
@@ -272,9 +275,33 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(project, backend):
     runs = mlflow_runs(project, "stop")
     assert sorted(r["status"] for r in runs) == ["KILLED", "KILLED"]
 
-    again = run(project, study)
+    again = run(project, study, backend=backend)
     assert again.exit_code == 0, again.output
     assert store.state(project / "runs", sid) == store.DONE
     after = mlflow_runs(project, "stop")
     assert sorted(r["id"] for r in after) == sorted(r["id"] for r in runs)
     assert all(r["status"] == "FINISHED" for r in after)
+
+
+def test_the_serial_backend_gives_the_ray_backends_numbers_without_importing_ray(project, ray_session):
+    """The same study on both backends: equal numbers to the digit; the serial run never imports Ray
+    (in a fresh interpreter, as a user without Ray would run it)."""
+    import subprocess
+    import sys
+
+    study = write_study(project, "both", text="name: {name}\nevaluations: {evaluations}\nfigures: []\n")
+    script = ("import sys\nfrom ablate.cli import app\n"
+              f"code = app(['run', {str(study)!r}, '--profile', 'tiny', '--out', {str(project / 'serial')!r}, "
+              "'--backend', 'serial'], standalone_mode=False)\n"
+              "assert 'ray' not in sys.modules, sorted(m for m in sys.modules if m.startswith('ray'))\n"
+              "import ablate.runner, ablate.events, ablate.serial_backend\n"
+              "assert 'ray' not in sys.modules\n")
+    serial = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert serial.returncode == 0, serial.stdout + serial.stderr
+    on_ray = run(project, study)
+    assert on_ray.exit_code == 0, on_ray.output
+    numbers = {}
+    for name, root in (("serial", project / "serial"), ("ray", project / "runs")):
+        table = pd.read_csv(root / "both" / "results.csv")
+        numbers[name] = table[["arm", "pretrain_loss", "lin_top1"]].to_dict("records")
+    assert numbers["serial"] == numbers["ray"] and len(numbers["ray"]) == 1

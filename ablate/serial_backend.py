@@ -1,0 +1,88 @@
+"""The serial backend: every stage of a wave in this process, one after another, without Ray.
+
+For a breakpoint in core/ (it stops in your own process), for a machine without Ray, and for the
+tests that are not about Ray. It keeps the Ray backend's contract (ablate/events.py; one test
+suite runs over both): pre-trainings first, a child once its parent is done and never below a
+parent that failed, MAX_FAILURES retries from the stage's checkpoint, the same events and files.
+A data-parallel stage needs Ray's workers and is refused before anything starts.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+from ablate import store
+from ablate.errors import CannotRun
+from ablate.events import MAX_FAILURES, Interrupted, Listeners, numeric
+from ablate.plan import Stage
+from ablate.stages import FAULT_ENV, Fault, StageFailed, WorkerCrashed, run_stage
+from ablate.study import Resources
+
+
+def _crash() -> None:
+    raise WorkerCrashed()
+
+
+class SerialBackend:
+    def __enter__(self) -> SerialBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def admit(self, stages: Sequence[Stage], resources: Resources) -> None:
+        for stage in stages:
+            if stage.workers > 1:
+                raise CannotRun(f"{stage.id} is data-parallel on {stage.workers} workers, which the serial backend "
+                                f"cannot place: run it with --backend ray")
+
+    def run_wave(self, wave: int, stages: Sequence[Stage], all_stages: dict[str, Stage], *, out_root: Path,
+                 resources: Resources, listeners: Listeners) -> None:
+        self.admit(stages, resources)
+        listeners.wave_started(wave, [s.id for s in stages])
+        ours = {s.id for s in stages}
+        ended: dict[str, bool] = {}  # stage id -> ended done
+        waiting = sorted(stages, key=lambda s: s.kind != "pretrain")  # stable: plan order within a kind
+        while waiting:
+            for stage in waiting:
+                if stage.parent is None:
+                    parent_done: bool | None = True
+                elif stage.parent in ours:
+                    parent_done = ended.get(stage.parent)
+                else:  # finished before this wave (the runner passes only those)
+                    parent_done = store.state(out_root, stage.parent) == store.DONE
+                if parent_done is not None:
+                    break
+            else:
+                raise RuntimeError(f"stages wait on parents outside the wave: {[s.id for s in waiting]}")
+            waiting.remove(stage)
+            ended[stage.id] = parent_done and self._run(stage, Path(out_root), resources, listeners)
+
+    def _run(self, stage: Stage, out_root: Path, resources: Resources, listeners: Listeners) -> bool:
+        """One stage to its end (done or failed), retried as the Ray backend retries a trial."""
+        fault = Fault(os.environ.get(FAULT_ENV), crash=_crash)
+        for attempt in range(MAX_FAILURES + 1):
+            listeners.stage_started(stage.id)
+            try:
+                run_stage(stage, out_root, lambda row: listeners.stage_epoch(stage.id, numeric(row)),
+                          threads=max(1, int(resources.cpu)), fault=fault)
+            except StageFailed:  # deterministic: its error.txt is written, no retry
+                break
+            except KeyboardInterrupt:
+                raise Interrupted() from None
+            except (Exception, WorkerCrashed) as e:
+                if store.storage_error(e) is not None:
+                    raise  # the disk, not the stage: it stays pending and the study stops in one line
+                error = "the worker died (injected crash)" if isinstance(e, WorkerCrashed) else f"{type(e).__name__}: {e}"
+                if attempt == MAX_FAILURES:
+                    folder = store.stage_dir(out_root, stage.id)
+                    if not (folder / store.ERROR).is_file():  # a crashed worker left no traceback
+                        store.write_error(folder, f"failed after {MAX_FAILURES + 1} attempts; last error:\n{error}")
+                    break
+                listeners.stage_retrying(stage.id, error)
+                continue
+            break
+        state = store.state(out_root, stage.id)
+        listeners.stage_ended(stage.id, state, store.error_line(out_root, stage.id) or None)
+        return state == store.DONE
