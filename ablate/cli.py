@@ -166,6 +166,12 @@ def run(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT
                                                                           "they are reported, not retried).")] = False,
         max_concurrent: Annotated[Optional[int], typer.Option(min=1, help="At most this many trials at once "
                                                                           "(default: as resources allow).")] = None,
+        rerun_stale: Annotated[bool, typer.Option("--rerun-stale", help="Recompute finished stages of another "
+                                                                        "numerics version of core/ (their folders "
+                                                                        "are kept beside).")] = False,
+        keep_stale: Annotated[bool, typer.Option("--keep-stale", help="Use finished stages of another numerics "
+                                                                      "version of core/ as they are (recorded in "
+                                                                      "their result.json).")] = False,
         backend: Annotated[BackendName, typer.Option(help="ray: stages as Ray Tune trials, in parallel (a private "
                                                           "local Ray, or --address); serial: one after another in "
                                                           "this process, without Ray (a breakpoint in core/ stops "
@@ -185,6 +191,7 @@ def run(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT
         preflight.check_output(out, p.study.name)
         if address is None:  # on a cluster the trials read the data on their nodes
             preflight.check_data(p)
+    _settle_stale(p, out, rerun_stale, keep_stale)
     console = _console()
     for line in preflight.summary(p, out, data_checked=address is None):
         console.print(line)
@@ -196,6 +203,25 @@ def run(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT
         raise typer.Exit(e.exit_code) from None
     code = outcome_summary(p, outcome, console, resume=_resume_command(study, profile, out, seeds))
     raise typer.Exit(EXIT_INTERRUPTED if outcome.interrupted else code)
+
+
+def _settle_stale(p: Plan, out: Path, rerun: bool, keep: bool) -> None:
+    """Finished stages of another numerics version: refused in one line unless the user chose."""
+    if rerun and keep:
+        typer.echo("--rerun-stale, --keep-stale: choose one", err=True)
+        raise typer.Exit(EXIT_BAD_INPUT)
+    stale = store.stale(out, p.stages)
+    if not stale:
+        return
+    if not (rerun or keep):
+        from ablate.views import stale_line
+        typer.echo(f"cannot run {p.study.name}: {stale_line(stale)}", err=True)
+        raise typer.Exit(EXIT_BAD_INPUT)
+    for sid in stale:
+        if rerun:
+            store.set_aside(out, sid)
+        else:
+            store.keep_stale(out, sid)
 
 
 def _backend(name: BackendName, address: str | None, max_concurrent: int | None, console: Console):

@@ -1,10 +1,14 @@
 """Where a stage ran: the host, the Ray node and the device, recorded with every attempt."""
 from __future__ import annotations
 
+import functools
 import platform
 import socket
+import subprocess
 import sys
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def cpu_model() -> str:
@@ -16,6 +20,22 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown CPU"
+
+
+@functools.lru_cache(maxsize=1)
+def code_commit() -> str:
+    """The git commit of the code that runs (with "+changes" when the checkout has uncommitted
+    edits under core/ or ablate/), or "unknown" outside a git checkout."""
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode:
+            return "unknown"
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "core", "ablate"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head.stdout.strip() + ("+changes" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def ray_node_id() -> str | None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import core
 from ablate import node, pictures, store
 from ablate.lease import Lease
 from ablate.plan import Stage
@@ -212,6 +213,7 @@ def _run_locked(stage: Stage, out_root: Path, folder: Path, report: Report | Non
     store.write_json_atomic(folder / store.RESULT, {
         **result, "stage_id": stage.id, "kind": stage.kind, "started_at": meta["attempts"][-1]["started_at"],
         "finished_at": _now(), "attempt_wall_s": time.time() - started, "attempts": len(meta["attempts"]),
+        "numerics": core.NUMERICS_VERSION, "commit": node.code_commit(),  # what computed these numbers
         # the peak of the process that ran it (a reused Ray actor: of every stage it ran so far)
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
     return result

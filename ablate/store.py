@@ -112,6 +112,46 @@ def states(out_root: Path, stage_ids: Iterable[str], parents: dict[str, str | No
     return out
 
 
+def numerics_of(done: dict[str, Any]) -> int:
+    """The numerics version a finished stage was computed with (stages from before versions: 1)."""
+    return int(done.get("numerics", 1))
+
+
+def stale(out_root: Path, stage_ids: Iterable[str]) -> dict[str, int]:
+    """Finished stages computed by another numerics version of core/ (core.NUMERICS_VERSION) that
+    the user has not chosen to keep: stage id -> the version they were computed with."""
+    import core
+
+    out = {}
+    for sid in stage_ids:
+        done = result(out_root, sid)
+        if done is not None and numerics_of(done) != core.NUMERICS_VERSION \
+                and core.NUMERICS_VERSION not in done.get("numerics_kept", []):
+            out[sid] = numerics_of(done)
+    return out
+
+
+def keep_stale(out_root: Path, stage_id: str) -> None:
+    """The user keeps a stage of another numerics version: recorded in its result.json."""
+    import core
+
+    path = stage_dir(out_root, stage_id) / RESULT
+    done = read_json(path)
+    write_json_atomic(path, {**done, "numerics_kept": sorted({*done.get("numerics_kept", []), core.NUMERICS_VERSION})})
+
+
+def set_aside(out_root: Path, stage_id: str) -> Path:
+    """Move a stage's folder out of the way (to `<id>.numerics-<v>`, kept) so the stage runs anew."""
+    folder = stage_dir(out_root, stage_id)
+    base = folder.with_name(f"{stage_id}.numerics-{numerics_of(result(out_root, stage_id) or {})}")
+    target, n = base, 1
+    while target.exists():
+        n += 1
+        target = base.with_name(f"{base.name}-{n}")
+    os.replace(folder, target)
+    return target
+
+
 def result(out_root: Path, stage_id: str) -> dict[str, Any] | None:
     return read_json(stage_dir(out_root, stage_id) / RESULT)
 

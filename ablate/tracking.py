@@ -221,7 +221,7 @@ class StudyTracker:
         folder = store.stage_dir(self.out_root, stage_id)
         result = store.result(self.out_root, stage_id) or {}
         final = [(k, v, stage.epochs - 1) for k, v in result.items()
-                 if _number(v) and k not in ("epochs", "attempts", "attempt_wall_s", "epoch")]
+                 if _number(v) and k not in ("epochs", "attempts", "attempt_wall_s", "epoch", "numerics")]
         self._catch_up(stage_id, run_id)
         self._log_stage_metrics(run_id, final)
         for name in (store.CONFIG, "reconstructions.npz", store.ERROR):
@@ -233,6 +233,9 @@ class StudyTracker:
             last = tried[-1]
             self.client.log_batch(run_id, tags=[RunTag(f"node.{key}", str(last[key]))
                                                 for key in ("host", "ray_node_id", "device") if last.get(key)])
+        if result:  # what computed its numbers: core/'s numerics version and the code's commit
+            self.client.log_batch(run_id, tags=[RunTag("numerics", str(store.numerics_of(result))),
+                                                RunTag("code.commit", str(result.get("commit", "unknown")))])
         notes = [w["message"] for w in store.warnings(self.out_root, stage_id)]
         if notes:  # e.g. a damaged checkpoint skipped on resume
             self.client.set_tag(run_id, "warnings", "\n".join(notes)[-4000:])

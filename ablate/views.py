@@ -93,6 +93,7 @@ def plan_table(plan: Plan, out_root: Path, console: Console) -> None:
 
 def status_table(plan: Plan, out_root: Path, console: Console) -> None:
     states = current_states(plan, out_root)
+    stale = store.stale(out_root, plan.stages)
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in ("stage id", "stage", "arms", "state", "epochs", "ran on", "result / error"):
         table.add_column(column, no_wrap=column == "stage id")
@@ -110,7 +111,8 @@ def status_table(plan: Plan, out_root: Path, console: Console) -> None:
         if owner is not None:
             detail = f"running now: {owner}"
         table.add_row(sid, users[0][1] if users else stage.kind,
-                      arms[0] if len(arms) == 1 else f"{len(arms)} arms", states[sid],
+                      arms[0] if len(arms) == 1 else f"{len(arms)} arms",
+                      f"{states[sid]} (numerics {stale[sid]})" if sid in stale else states[sid],
                       f"{reported}/{stage.epochs}", store.ran_on(out_root, sid), detail[:120])
     console.print(table)
     for sid in plan.stages:  # what the stage's own code warned about while it ran (its folder's warnings.jsonl)
@@ -120,6 +122,17 @@ def status_table(plan: Plan, out_root: Path, console: Console) -> None:
     counts = {s: list(states.values()).count(s) for s in (store.DONE, store.FAILED, store.BLOCKED, store.PENDING)}
     console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + f" of {len(states)} stages "
                   f"(store: {store.stages_root(out_root)})")
+    if stale:
+        console.print(stale_line(stale))
+
+
+def stale_line(stale: dict[str, int]) -> str:
+    import core
+
+    versions = ", ".join(str(v) for v in sorted(set(stale.values())))
+    return (f"{len(stale)} finished stage{'s' * (len(stale) > 1)} computed by numerics version {versions} of core/ "
+            f"(this code: {core.NUMERICS_VERSION}) will not be reused silently: `ablate run` with --rerun-stale "
+            f"recomputes them (their folders kept as <id>.numerics-<v>), with --keep-stale uses them as they are")
 
 
 def outcome_summary(plan: Plan, outcome: Outcome, console: Console, *, resume: str) -> int:

@@ -1,7 +1,7 @@
 """Every benchmark in one command; regenerates BENCHMARKS.md from their tables.
 
-    .venv/bin/python benchmarks/run_all.py            # CPU: small configs, ViT-B/16, ViT-L Table 2, data, study
-    .venv/bin/python benchmarks/run_all.py --quick    # skips ViT-B/16 and the study run
+    .venv/bin/python benchmarks/run_all.py            # CPU: small configs, ViT-B/16, ViT-L Table 2, data, study, recipes
+    .venv/bin/python benchmarks/run_all.py --quick    # skips ViT-B/16, the study run and the recipe checks
     .venv/bin/python benchmarks/run_all.py --join     # runs nothing: joins the tables already in results/
 
 Each benchmark also runs alone (see its own --help) and writes benchmarks/results/<name>.md;
@@ -38,13 +38,16 @@ def machine() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="skip ViT-B/16, torch.compile rows and the study run")
+    parser.add_argument("--quick", action="store_true",
+                        help="skip ViT-B/16, torch.compile rows, the study run and the recipe checks")
     parser.add_argument("--join", action="store_true", help="run nothing; join the tables already in results/")
     args = parser.parse_args()
     runs = [("pretrain", ["bench_pretrain.py"] + ([] if args.quick else ["--vit-b", "--compile"])),
             ("encoder", ["bench_encoder.py"]),
             ("data", ["bench_data.py"]),
             ("study", ["bench_study.py"] + (["--study", ""] if args.quick else []))]
+    if not args.quick:  # about 11 minutes: the shipped studies' conclusions on real data
+        runs.append(("recipes", ["bench_recipes.py"]))
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}  # spinning OpenMP threads distort small-op timings
     started = time.strftime("%Y-%m-%d %H:%M")
     for name, command in [] if args.join else runs:

@@ -4,8 +4,8 @@ a crash, and a NaN arm in the report.
 
 Real processes (`python -m ablate.cli run` in a subprocess where a process must die), real local
 Ray, real MLflow (sqlite under tmp_path), the test-sized model on synthetic data; the in-process
-tests share one Ray (tests/test_runner.py's fixtures). Mount-based tests need root and
-CAP_SYS_ADMIN and are skipped, saying why, without them.
+tests run on the serial backend unless Ray is what they test (then they share tests/test_runner.py's
+Ray). Mount-based tests need root and CAP_SYS_ADMIN and are skipped, saying why, without them.
 """
 from __future__ import annotations
 
@@ -371,7 +371,7 @@ def test_disk_full_mid_run_stops_in_one_line_and_resumes(tmp_path, mounted, ray_
 
 
 # ------------------------------------------------------------------------------ c. truncated checkpoint
-def test_truncated_checkpoint_is_skipped_and_the_user_is_told(tmp_path, ray_session):
+def test_truncated_checkpoint_is_skipped_and_the_user_is_told(tmp_path):
     project = make_project(tmp_path)
     study = write(project, "trunc", "name: {name}\nbase:\n  pretrain: {{epochs: 4}}\nevaluations: []\nfigures: []\n")
     p = the_plan(study)
@@ -389,7 +389,7 @@ def test_truncated_checkpoint_is_skipped_and_the_user_is_told(tmp_path, ray_sess
     assert last.is_file() and (folder / "checkpoint-prev.pth").is_file()
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # truncated on disk
 
-    result = run(project, study)
+    result = run(project, study, backend="serial")
     assert result.exit_code == 0, result.output
     shown = [line for line in result.output.splitlines() if "warning" in line and "checksum mismatch" in line]
     assert len(shown) == 1 and "checkpoint-last.pth" in shown[0] and "previous checkpoint" in shown[0], result.output
@@ -464,14 +464,15 @@ def _exact_history(folder: Path) -> pd.DataFrame:
     return history.sort_values(["arm", "seed", "stage", "metric", "epoch"]).reset_index(drop=True)
 
 
-def test_same_seed_same_numbers_also_through_crashes(tmp_path, disturbed, ray_session):
-    """The determinism study run undisturbed into another --out folder (in this process's Ray)
-    gives, bit for bit on CPU, the numbers of the run disturbed by a SIGKILL and two crashes
-    (`disturbed`, its own Ray): every epoch's randomness is a function of the seed and the epoch,
-    and the evaluations' RNG states are in their checkpoints."""
+def test_same_seed_same_numbers_also_through_crashes(tmp_path, disturbed):
+    """The determinism study run undisturbed into another --out folder, on the serial backend in
+    this process, gives, bit for bit on CPU, the numbers of the run disturbed by a SIGKILL and two
+    crashes (`disturbed`, on Ray in its own process): every epoch's randomness is a function of the
+    seed and the epoch, the evaluations' RNG states are in their checkpoints, and the backend that
+    ran a stage does not enter its numbers."""
     project = make_project(tmp_path)
     study = write(project, "det", DETERMINISM)
-    result = run(project, study)
+    result = run(project, study, backend="serial")
     assert result.exit_code == 0, result.output
     folders = [project / "runs" / "det", disturbed["project"] / "runs" / "det"]
     assert the_plan(study).stages.keys() == disturbed["plan"].stages.keys()  # the same stages, other folders
@@ -488,7 +489,7 @@ def test_same_seed_same_numbers_also_through_crashes(tmp_path, disturbed, ray_se
 
 
 # ------------------------------------------------------------------------------ g. a NaN arm in the report
-def test_nan_arm_is_marked_failed_in_the_figure_and_the_table(tmp_path, ray_session, monkeypatch):
+def test_nan_arm_is_marked_failed_in_the_figure_and_the_table(tmp_path, monkeypatch):
     project = make_project(tmp_path)
     study = write(project, "nanfig", "name: {name}\naxes:\n  model.mask_ratio: [0.5, 0.75]\n"
                                      "base:\n  pretrain: {{epochs: 1}}\nevaluations: [linear_probe]\n"
@@ -496,7 +497,7 @@ def test_nan_arm_is_marked_failed_in_the_figure_and_the_table(tmp_path, ray_sess
     p = the_plan(study)
     bad = p.runs[0].stages["pretrain"]
     monkeypatch.setenv("ABLATE_FAULT", f"nan:{bad}:0")
-    result = run(project, study)
+    result = run(project, study, backend="serial")
     assert result.exit_code == 1, result.output
     report = project / "runs" / "nanfig" / "report"
     figure = (report / "figures" / "fig5_mask_ratio.svg").read_text()

@@ -305,3 +305,48 @@ def test_the_serial_backend_gives_the_ray_backends_numbers_without_importing_ray
         table = pd.read_csv(root / "both" / "results.csv")
         numbers[name] = table[["arm", "pretrain_loss", "lin_top1"]].to_dict("records")
     assert numbers["serial"] == numbers["ray"] and len(numbers["ray"]) == 1
+
+
+def test_stages_of_another_numerics_version_are_shown_and_never_reused_silently(project, monkeypatch):
+    """core.NUMERICS_VERSION bumped: `ablate status` marks the finished stages, `ablate run` refuses
+    in one line until the user chooses; --keep-stale keeps them (recorded), --rerun-stale recomputes
+    them beside the old folders."""
+    import core
+    from ablate import node
+
+    study = write_study(project, "ver", text="name: {name}\nevaluations: {evaluations}\nfigures: []\n")
+    p = the_plan(study)
+    assert run(project, study, backend="serial").exit_code == 0
+    out = project / "runs"
+    first = {sid: store.result(out, sid) for sid in p.stages}
+    assert {r["numerics"] for r in first.values()} == {core.NUMERICS_VERSION}
+    assert all(r["commit"] == node.code_commit() and r["commit"] != "" for r in first.values())
+    tags = [r for r in mlflow_runs(project, "ver") if r["role"] == "stage"]
+    assert {t["numerics"] for t in tags} == {str(core.NUMERICS_VERSION)} and all(t["code.commit"] for t in tags)
+
+    old = core.NUMERICS_VERSION
+    monkeypatch.setattr(core, "NUMERICS_VERSION", old + 1)
+    status = CliRunner().invoke(app, ["status", str(study), "--out", str(out)])
+    assert status.exit_code == 0
+    lines = {line.split()[0]: line for line in status.stdout.splitlines() if line.split()}
+    assert all(f"done (numerics {old})" in lines[sid] for sid in p.stages), status.stdout
+    assert f"{len(p.stages)} finished stages computed by numerics version {old}" in status.stdout
+    refused = run(project, study, backend="serial")
+    assert refused.exit_code == 2 and refused.stderr.count("\n") == 1, refused.output
+    assert "--rerun-stale" in refused.stderr and "--keep-stale" in refused.stderr
+    assert {sid: store.result(out, sid) for sid in p.stages} == first  # nothing touched
+
+    kept = run(project, study, "--keep-stale", backend="serial")
+    assert kept.exit_code == 0 and "0 run now" in kept.output, kept.output
+    assert all(store.result(out, sid)["numerics_kept"] == [old + 1] for sid in p.stages)
+    assert "numerics" not in CliRunner().invoke(app, ["status", str(study), "--out", str(out)]).stdout
+
+    monkeypatch.setattr(core, "NUMERICS_VERSION", old + 2)
+    again = run(project, study, "--rerun-stale", backend="serial")
+    assert again.exit_code == 0 and f"{len(p.stages)} run now" in again.output, again.output
+    for sid in p.stages:
+        assert store.result(out, sid)["numerics"] == old + 2
+        aside = store.stages_root(out) / f"{sid}.numerics-{old}"
+        assert json.loads((aside / store.RESULT).read_text()) == {**first[sid], "numerics_kept": [old + 1]}
+    both = run(project, study, "--rerun-stale", "--keep-stale", backend="serial")
+    assert both.exit_code == 2 and "choose one" in both.stderr
