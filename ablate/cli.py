@@ -292,6 +292,24 @@ def report(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFA
     typer.echo(f"report: {path}" if path else "report: not drawn (the dashboards package is not installed)")
 
 
+@app.command()
+def clean(out: OutOpt = store.DEFAULT_OUT,
+          dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be removed.")] = False) -> None:
+    """Free disk space: remove the resume checkpoints of finished stages (every study under --out).
+    Results, metrics, encoders, pictures and MLflow stay; nothing unfinished is touched."""
+    from ablate.views import human_bytes
+
+    files = store.resume_files(out)
+    size = sum(p.stat().st_size for p in files)
+    stages = len({p.parent for p in files})
+    if not dry_run:
+        for path in files:
+            path.unlink(missing_ok=True)
+    verb = "would remove" if dry_run else "removed"
+    typer.echo(f"{verb} {len(files)} resume files of {stages} finished stages under {store.stages_root(out)}: "
+               f"{human_bytes(size)}")
+
+
 def _resume_command(study: Path, profile: str | None, out: Path, seeds: int | None = None) -> str:
     parts = ["ablate", "run", str(study)]
     if profile is not None:

@@ -152,6 +152,27 @@ def set_aside(out_root: Path, stage_id: str) -> Path:
     return target
 
 
+RESUME_FILES = ("checkpoint-last.pth", "checkpoint-prev.pth")  # with their .sha256: only a resume reads them
+
+
+def resume_files(out_root: Path) -> list[Path]:
+    """The resume checkpoints of finished stages: nothing reads them again (children read the
+    parent's encoder.pth; a done stage is never resumed), and they are most of the store."""
+    out = []
+    root = stages_root(out_root)
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        if folder.is_dir() and (folder / RESULT).is_file():
+            out += [folder / f"{n}{ext}" for n in RESUME_FILES for ext in ("", ".sha256") if (folder / f"{n}{ext}").is_file()]
+    return out
+
+
+def disk_usage(out_root: Path) -> tuple[int, int]:
+    """(stage folders, bytes) under the output root's stage store."""
+    root = stages_root(out_root)
+    folders = [f for f in root.iterdir() if f.is_dir()] if root.is_dir() else []
+    return len(folders), sum(p.stat().st_size for f in folders for p in f.rglob("*") if p.is_file())
+
+
 def result(out_root: Path, stage_id: str) -> dict[str, Any] | None:
     return read_json(stage_dir(out_root, stage_id) / RESULT)
 

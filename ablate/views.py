@@ -122,8 +122,25 @@ def status_table(plan: Plan, out_root: Path, console: Console) -> None:
     counts = {s: list(states.values()).count(s) for s in (store.DONE, store.FAILED, store.BLOCKED, store.PENDING)}
     console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + f" of {len(states)} stages "
                   f"(store: {store.stages_root(out_root)})")
+    console.print(store_line(out_root))
     if stale:
         console.print(stale_line(stale))
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def store_line(out_root: Path) -> str:
+    """How much the whole store holds (every study under this output root) and what `ablate clean` frees."""
+    folders, size = store.disk_usage(out_root)
+    freeable = sum(p.stat().st_size for p in store.resume_files(out_root))
+    return (f"store size: {human_bytes(size)} in {folders} stage folders; resume checkpoints of finished stages: "
+            f"{human_bytes(freeable)} (`ablate clean --out {out_root}` removes them)")
 
 
 def stale_line(stale: dict[str, int]) -> str:

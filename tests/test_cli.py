@@ -51,7 +51,7 @@ def invoke(*args: str):
 def test_help_lists_every_command():
     result = invoke("--help")
     assert result.exit_code == 0
-    for command in ("validate", "plan", "run", "status", "ui", "report"):
+    for command in ("validate", "plan", "run", "status", "ui", "report", "clean"):
         assert command in result.stdout
     run_help = invoke("run", "--help").stdout
     for option in ("--profile", "--out", "--address", "--rerun-failed", "--max-concurrent", "--backend"):

@@ -350,3 +350,34 @@ def test_stages_of_another_numerics_version_are_shown_and_never_reused_silently(
         assert json.loads((aside / store.RESULT).read_text()) == {**first[sid], "numerics_kept": [old + 1]}
     both = run(project, study, "--rerun-stale", "--keep-stale", backend="serial")
     assert both.exit_code == 2 and "choose one" in both.stderr
+
+
+def test_clean_frees_the_resume_checkpoints_of_finished_stages_only(project):
+    study = write_study(project, "tidy", text="name: {name}\nevaluations: {evaluations}\nfigures: []\n")
+    p = the_plan(study)
+    assert run(project, study, backend="serial").exit_code == 0
+    out = project / "runs"
+    unfinished = store.stage_dir(out, "pretrain-000000000000")  # a stage cut short: its checkpoint resumes it
+    unfinished.mkdir()
+    (unfinished / "checkpoint-last.pth").write_bytes(b"x" * 100)
+    checkpoints = sorted(store.stages_root(out).glob("*/checkpoint-*.pth"))
+    finished = [c for c in checkpoints if c.parent != unfinished]
+    assert {c.parent.name for c in finished} == set(p.stages)  # the last (and previous) of every finished stage
+    freed = sum(c.stat().st_size for c in finished) + sum(c.with_name(c.name + ".sha256").stat().st_size
+                                                          for c in finished)
+    status = CliRunner().invoke(app, ["status", str(study), "--out", str(out)])
+    assert "store size:" in status.stdout and "`ablate clean --out" in status.stdout
+    results = {sid: store.result(out, sid) for sid in p.stages}
+
+    dry = CliRunner().invoke(app, ["clean", "--out", str(out), "--dry-run"])
+    assert dry.exit_code == 0 and sorted(store.stages_root(out).glob("*/checkpoint-*.pth")) == checkpoints
+    assert f"would remove {2 * len(finished)} resume files of {len(p.stages)} finished stages" in dry.stdout
+    done = CliRunner().invoke(app, ["clean", "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    from ablate.views import human_bytes
+    assert human_bytes(freed) in done.stdout
+    assert sorted(store.stages_root(out).glob("*/checkpoint-*.pth")) == [unfinished / "checkpoint-last.pth"]
+    assert {sid: store.result(out, sid) for sid in p.stages} == results
+    assert all((store.stage_dir(out, sid) / "encoder.pth").is_file() for sid in p.stages if sid.startswith("pretrain"))
+    again = run(project, study, backend="serial")  # nothing finished needs them: nothing reruns
+    assert again.exit_code == 0 and "0 run now" in again.output, again.output
