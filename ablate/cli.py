@@ -217,11 +217,16 @@ def _settle_stale(p: Plan, out: Path, rerun: bool, keep: bool) -> None:
         from ablate.views import stale_line
         typer.echo(f"cannot run {p.study.name}: {stale_line(stale)}", err=True)
         raise typer.Exit(EXIT_BAD_INPUT)
-    for sid in stale:
-        if rerun:
-            store.set_aside(out, sid)
-        else:
+    if keep:
+        for sid in stale:
             store.keep_stale(out, sid)
+        return
+    rerun_ids = set(stale)
+    for sid, stage in p.stages.items():  # plan order: parents first; a child of a rerun stage read the old encoder
+        if stage.parent in rerun_ids and store.result(out, sid) is not None:
+            rerun_ids.add(sid)
+    for sid in rerun_ids:
+        store.set_aside(out, sid)
 
 
 def _backend(name: BackendName, address: str | None, max_concurrent: int | None, console: Console):

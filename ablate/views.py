@@ -147,8 +147,9 @@ def stale_line(stale: dict[str, int]) -> str:
     import core
 
     versions = ", ".join(str(v) for v in sorted(set(stale.values())))
-    return (f"{len(stale)} finished stage{'s' * (len(stale) > 1)} computed by numerics version {versions} of core/ "
-            f"(this code: {core.NUMERICS_VERSION}) will not be reused silently: `ablate run` with --rerun-stale "
+    now = ", ".join(f"{k} {v}" for k, v in core.NUMERICS_VERSION.items())
+    return (f"{len(stale)} finished stage{'s' * (len(stale) > 1)} computed by numerics version {versions} of their "
+            f"engine in core/ (this code: {now}) will not be reused silently: `ablate run` with --rerun-stale "
             f"recomputes them (their folders kept as <id>.numerics-<v>), with --keep-stale uses them as they are")
 
 

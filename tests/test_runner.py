@@ -308,29 +308,32 @@ def test_the_serial_backend_gives_the_ray_backends_numbers_without_importing_ray
 
 
 def test_stages_of_another_numerics_version_are_shown_and_never_reused_silently(project, monkeypatch):
-    """core.NUMERICS_VERSION bumped: `ablate status` marks the finished stages, `ablate run` refuses
-    in one line until the user chooses; --keep-stale keeps them (recorded), --rerun-stale recomputes
-    them beside the old folders."""
+    """The pre-training engine's numerics version bumped: `ablate status` marks its finished stages,
+    `ablate run` refuses in one line until the user chooses; --keep-stale keeps them (recorded),
+    --rerun-stale recomputes them and what was computed from them, beside the old folders."""
     import core
     from ablate import node
 
     study = write_study(project, "ver", text="name: {name}\nevaluations: {evaluations}\nfigures: []\n")
     p = the_plan(study)
+    (pre,) = [sid for sid, s in p.stages.items() if s.kind == "pretrain"]
+    (probe,) = [sid for sid in p.stages if sid != pre]
     assert run(project, study, backend="serial").exit_code == 0
     out = project / "runs"
     first = {sid: store.result(out, sid) for sid in p.stages}
-    assert {r["numerics"] for r in first.values()} == {core.NUMERICS_VERSION}
-    assert all(r["commit"] == node.code_commit() and r["commit"] != "" for r in first.values())
+    assert {sid: r["numerics"] for sid, r in first.items()} == {pre: core.NUMERICS_VERSION["pretrain"],
+                                                                probe: core.NUMERICS_VERSION["linear_probe"]}
+    assert all(r["commit"] == node.code_commit() and r["commit"] for r in first.values())
     tags = [r for r in mlflow_runs(project, "ver") if r["role"] == "stage"]
-    assert {t["numerics"] for t in tags} == {str(core.NUMERICS_VERSION)} and all(t["code.commit"] for t in tags)
+    assert all(t["numerics"] == "1" and t["code.commit"] == node.code_commit() for t in tags)
 
-    old = core.NUMERICS_VERSION
-    monkeypatch.setattr(core, "NUMERICS_VERSION", old + 1)
+    old = core.NUMERICS_VERSION["pretrain"]
+    monkeypatch.setitem(core.NUMERICS_VERSION, "pretrain", old + 1)
     status = CliRunner().invoke(app, ["status", str(study), "--out", str(out)])
     assert status.exit_code == 0
     lines = {line.split()[0]: line for line in status.stdout.splitlines() if line.split()}
-    assert all(f"done (numerics {old})" in lines[sid] for sid in p.stages), status.stdout
-    assert f"{len(p.stages)} finished stages computed by numerics version {old}" in status.stdout
+    assert f"done (numerics {old})" in lines[pre] and "numerics" not in lines[probe], status.stdout
+    assert "1 finished stage computed by numerics version 1" in status.stdout
     refused = run(project, study, backend="serial")
     assert refused.exit_code == 2 and refused.stderr.count("\n") == 1, refused.output
     assert "--rerun-stale" in refused.stderr and "--keep-stale" in refused.stderr
@@ -338,16 +341,17 @@ def test_stages_of_another_numerics_version_are_shown_and_never_reused_silently(
 
     kept = run(project, study, "--keep-stale", backend="serial")
     assert kept.exit_code == 0 and "0 run now" in kept.output, kept.output
-    assert all(store.result(out, sid)["numerics_kept"] == [old + 1] for sid in p.stages)
+    assert store.result(out, pre)["numerics_kept"] == [old + 1]
     assert "numerics" not in CliRunner().invoke(app, ["status", str(study), "--out", str(out)]).stdout
 
-    monkeypatch.setattr(core, "NUMERICS_VERSION", old + 2)
+    monkeypatch.setitem(core.NUMERICS_VERSION, "pretrain", old + 2)
     again = run(project, study, "--rerun-stale", backend="serial")
-    assert again.exit_code == 0 and f"{len(p.stages)} run now" in again.output, again.output
+    assert again.exit_code == 0 and "2 run now" in again.output, again.output  # the probe read the old encoder
+    assert store.result(out, pre)["numerics"] == old + 2
     for sid in p.stages:
-        assert store.result(out, sid)["numerics"] == old + 2
-        aside = store.stages_root(out) / f"{sid}.numerics-{old}"
-        assert json.loads((aside / store.RESULT).read_text()) == {**first[sid], "numerics_kept": [old + 1]}
+        aside = store.stages_root(out) / f"{sid}.numerics-{first[sid]['numerics']}"
+        kept_note = {"numerics_kept": [old + 1]} if sid == pre else {}
+        assert json.loads((aside / store.RESULT).read_text()) == {**first[sid], **kept_note}
     both = run(project, study, "--rerun-stale", "--keep-stale", backend="serial")
     assert both.exit_code == 2 and "choose one" in both.stderr
 
