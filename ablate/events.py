@@ -32,8 +32,9 @@ class Backend(Protocol):
 
     def __exit__(self, *exc: object) -> None: ...
 
-    def admit(self, stages: Sequence[Stage], resources: Resources) -> None:
-        """Raise CannotRun when these stages can never run here (e.g. ClusterTooSmall)."""
+    def admit(self, stages: Sequence[Stage], resources: Resources, out_root: Path) -> None:
+        """Raise CannotRun when these stages can never run here (ClusterTooSmall, a node that does
+        not see `out_root` or the data)."""
 
     def run_wave(self, wave: int, stages: Sequence[Stage], all_stages: dict[str, Stage], *, out_root: Path,
                  resources: Resources, listeners: Listeners) -> None:

@@ -298,11 +298,19 @@ class RayBackend:
             ray.shutdown()
             self._started = False
 
-    def admit(self, stages: Sequence[Stage], resources: Resources) -> None:
-        """Join (or start) Ray and refuse, with ClusterTooSmall, a trial its nodes can never place."""
+    def admit(self, stages: Sequence[Stage], resources: Resources, out_root: Path) -> None:
+        """Join (or start) Ray and refuse, with ClusterTooSmall, a trial its nodes can never place;
+        on a joined cluster, also a node that does not see the output root or the data."""
         if stages:
             self._ensure_ray()
             check_cluster(stages, resources)
+            if self.address:
+                data = sorted({(s.config["data"]["dataset"], s.config["data"].get("root")) for s in stages},
+                              key=str)
+                nodes = ray_cluster.check_shared_storage(out_root, data)
+                if self.say is not None:
+                    self.say(f"storage checked on {nodes} node{'s' * (nodes > 1)}: the output root "
+                             f"{Path(out_root).resolve()} and the data are seen where the driver sees them")
 
     def run_wave(self, wave: int, stages: Sequence[Stage], all_stages: Mapping[str, Stage], *, out_root: Path,
                  resources: Resources, listeners: Listeners) -> None:

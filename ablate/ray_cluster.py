@@ -48,12 +48,7 @@ def use_token_if_available() -> str | None:
     source = token_source()
     if source is None:
         return None
-    os.environ[AUTH_MODE] = "token"
-    try:  # Ray caches its config at import: refresh it, as Ray does when it turns tokens on itself
-        from ray._raylet import Config
-        Config.initialize("")
-    except Exception:  # noqa: BLE001 - an older or newer Ray without it reads the variable at init
-        pass
+    _set_mode("token")
     return source
 
 
@@ -79,7 +74,12 @@ def join(address: str) -> str:
     """Connect to the cluster at `address` ('auto' or host:port); returns a one-line description of it."""
     import ray
 
-    token = None if address in ("auto", "local") else use_token_if_available()
+    token = None
+    if address not in ("auto", "local") and os.environ.get(AUTH_MODE) is None and token_source() is not None:
+        if cluster_auth_mode(address) == "disabled":
+            _set_mode("disabled")  # the cluster runs without tokens: so must its client
+        else:
+            token = use_token_if_available()
     log = Path(tempfile.gettempdir()) / f"ablate-ray-connect-{os.getpid()}.log"
     try:
         with stderr_to(log):
@@ -99,6 +99,44 @@ def join(address: str) -> str:
                         f"Ray's own log of the attempt: {log}") from None
     log.unlink(missing_ok=True)
     return describe(address, token)
+
+
+_ASK_MODE = """
+import logging, sys, ray
+from ray._raylet import AuthenticationMode, get_authentication_mode
+ray.init(address=sys.argv[1], log_to_driver=False, logging_level=logging.ERROR)
+def mode():
+    return get_authentication_mode() == AuthenticationMode.TOKEN
+print("token" if ray.get(ray.remote(num_cpus=0, max_retries=0)(mode).remote(), timeout=60) else "disabled")
+"""
+
+
+def cluster_auth_mode(address: str) -> str | None:
+    """How the cluster at `address` runs: 'token' or 'disabled', asked of one of its own workers by
+    a client in token mode (which a cluster of either kind accepts), in a process of its own: a
+    head started without tokens (RAY_AUTH_MODE=disabled, ray.cluster_utils) runs a token client's
+    tasks, but every actor of it (every Tune trial) dies before it starts, and a process cannot
+    switch modes once Ray is loaded. None when it cannot be told (the join then says why)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, AUTH_MODE: "token"}
+    try:
+        done = subprocess.run([sys.executable, "-c", _ASK_MODE, address], env=env, capture_output=True, text=True,
+                              timeout=90)
+    except subprocess.TimeoutExpired:
+        return None
+    lines = done.stdout.split()
+    return lines[-1] if done.returncode == 0 and lines and lines[-1] in ("token", "disabled") else None
+
+
+def _set_mode(mode: str) -> None:
+    os.environ[AUTH_MODE] = mode
+    try:  # Ray caches its config at import: refresh it, as Ray does when it turns tokens on itself
+        from ray._raylet import Config
+        Config.initialize("")
+    except Exception:  # noqa: BLE001 - an older or newer Ray without it reads the variable at init
+        pass
 
 
 def describe(address: str, token: str | None = None) -> str:
@@ -122,3 +160,68 @@ def start_local(num_cpus: int) -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
              logging_level=logging.ERROR)
+
+
+# ---- shared storage: every node must see the output root and the data where the driver does ----
+
+STORAGE_TIMEOUT_S = 120.0  # a node that cannot answer in this time (a hung NFS mount) is named too
+
+
+def _look(probe: str, token: str, data: list[tuple[str, str | None]]) -> tuple[str, list[str]]:
+    """On one node: its host name and what it cannot see (the driver's probe file, a data source)."""
+    import socket
+
+    from core.data_files import missing_data
+
+    problems = []
+    try:
+        if Path(probe).read_text() != token:
+            problems.append(f"the output root {Path(probe).parent} is another folder there (a probe file differs)")
+    except OSError as e:
+        problems.append(f"it does not see the output root {Path(probe).parent} ({type(e).__name__}: "
+                        f"{e.strerror or e})")
+    for dataset, root in data:
+        problem = missing_data(dataset, root)
+        if problem is not None:
+            problems.append(f"data: {problem}")
+    return socket.gethostname(), problems
+
+
+def check_shared_storage(out_root: Path, data: list[tuple[str, str | None]],
+                         timeout_s: float = STORAGE_TIMEOUT_S) -> int:
+    """Before anything runs on a joined cluster: a zero-CPU task pinned to each alive node reads a
+    probe file the driver wrote under `out_root` and looks for every (dataset, root). Raises
+    CannotRun naming the first node that does not see them; returns the number of nodes checked.
+    A stage run on such a node would write its results on that node's own disk and be lost."""
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    out_root = Path(out_root).resolve()
+    created = [p for p in (out_root, *out_root.parents) if not p.exists()]
+    out_root.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex
+    probe = out_root / f".storage-probe-{token}"
+    probe.write_text(token)
+    look = ray.remote(num_cpus=0, max_retries=0)(_look)
+    try:
+        refs = {look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                .remote(str(probe), token, data): n for n in nodes}
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+        for ref, node in refs.items():
+            where = f"node {node.get('NodeManagerAddress', '?')} ({node['NodeID'][:12]})"
+            if ref not in ready:
+                raise CannotRun(f"{where} did not answer a storage check within {timeout_s:.0f} s (a hung mount?); "
+                                f"fix or remove the node, then run the same command again")
+            host, problems = ray.get(ref)
+            if problems:
+                raise CannotRun(f"{where}, host {host}: {problems[0]}; every node must mount the output root (--out) "
+                                f"and the data at the same paths as the driver (NFS or another shared filesystem)")
+    finally:
+        probe.unlink(missing_ok=True)
+        for folder in created:  # a refused run leaves nothing under --out
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+    return len(nodes)

@@ -82,7 +82,7 @@ def _run_study(plan: Plan, out_root: Path, *, backend: Backend, rerun_failed: bo
     study_dir = store.study_dir(out_root, plan.study.name)
     states = current_states(plan, out_root)
     # a trial the cluster can never place is refused before the study folder or its MLflow run exist
-    backend.admit(runnable(plan, states), plan.resources)
+    backend.admit(runnable(plan, states), plan.resources, out_root)
     tracker = StudyTracker(plan, out_root, study_dir)
     try:
         tracker.open()  # the database exists before any trial starts; nothing is created if it cannot be opened

@@ -31,7 +31,7 @@ class SerialBackend:
     def __exit__(self, *exc: object) -> None:
         pass
 
-    def admit(self, stages: Sequence[Stage], resources: Resources) -> None:
+    def admit(self, stages: Sequence[Stage], resources: Resources, out_root: Path | None = None) -> None:
         for stage in stages:
             if stage.workers > 1:
                 raise CannotRun(f"{stage.id} is data-parallel on {stage.workers} workers, which the serial backend "

@@ -146,7 +146,8 @@ def test_a_token_cluster_without_a_token_is_one_line(project, head):
 
 def test_token_is_used_only_where_the_user_has_one(tmp_path, monkeypatch):
     for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
-        monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv(var, "")  # recorded as it was, so that what the code sets is undone too
+        monkeypatch.delenv(var)
     monkeypatch.setenv("HOME", str(tmp_path))
     assert ray_cluster.token_source() is None and ray_cluster.use_token_if_available() is None
     assert "RAY_AUTH_MODE" not in os.environ
@@ -206,3 +207,50 @@ def test_abort_is_one_line(project, monkeypatch):
     result = CliRunner().invoke(cli.app, ["plan", "tiny.yaml"])
     assert result.exit_code == cli.EXIT_INTERRUPTED and result.stderr.strip() == "aborted"
     assert "Traceback" not in result.output
+
+
+@pytest.fixture
+def two_nodes(monkeypatch):
+    """A two-node Ray cluster on this machine (ray.cluster_utils) without token authentication,
+    stopped by its handle."""
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # its nodes inherit it
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    yield cluster.address
+    cluster.shutdown()
+
+
+def test_a_cluster_whose_nodes_do_not_see_the_output_root_is_refused_before_anything_runs(project, two_nodes):
+    """The driver writes a probe under --out and a task on each node must read it there. A driver
+    whose --out is a tmpfs of its own mount namespace (a local disk the nodes do not have) is
+    refused in one line naming a node; on storage both nodes see, the study runs across them, also
+    for a user who has a Ray token while this cluster runs without token authentication."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    out = project / "out"
+    out.mkdir()
+    private = (f"mount -t tmpfs tmpfs {out} && exec {VENV_BIN / 'ablate'} run tiny.yaml --profile tiny "
+               f"--out {out} --address {two_nodes}")
+    refused = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", private], cwd=project,
+                             env=env, capture_output=True, text=True, timeout=300)
+    if "unshare failed" in refused.stderr or "mount:" in refused.stderr:
+        pytest.skip(f"cannot make a private mount here (needs root with CAP_SYS_ADMIN): {refused.stderr.strip()}")
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 1 and len(lines) == 1, refused.stdout + refused.stderr
+    assert lines[0].startswith("cannot run tiny: node ") and "does not see the output root" in lines[0], lines
+    assert "at the same paths as the driver" in lines[0] and "Traceback" not in refused.stdout
+
+    # The user has a Ray token (~/.ray/auth_token) but this cluster runs without token authentication:
+    # a client in token mode would see every trial die before it starts, so it joins without.
+    user = project / "user"
+    subprocess.run([str(VENV_BIN / "ray"), "get-auth-token", "--generate"], env=clean_env(user), check=True,
+                   capture_output=True)
+    assert (user / ".ray" / "auth_token").is_file()
+    shared = ablate(project, "run", "tiny.yaml", "--profile", "tiny", "--out", "out", "--address", two_nodes,
+                    env=clean_env(user))
+    assert shared.returncode == 0, shared.stdout + shared.stderr
+    assert "storage checked on 2 nodes" in shared.stdout and "token from" not in shared.stdout
+    assert (results(out)["lin_top1"] > 0).all()
+    assert not list(out.glob(".storage-probe-*"))
