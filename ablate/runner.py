@@ -119,7 +119,8 @@ def _run_study(plan: Plan, out_root: Path, *, backend: Backend, rerun_failed: bo
                                           "the trial ended without a result or an error")
                 states = current_states(plan, out_root)
                 view.states = dict(states)
-                _publish(plan, out_root, study_dir, outcome, tracker, final=False, console=console)
+                if runnable(plan, states):  # another wave follows: show what is done meanwhile
+                    _publish(plan, out_root, study_dir, outcome, tracker, final=False, console=console)
     except (Interrupted, KeyboardInterrupt):
         outcome.interrupted = True
         outcome.states = current_states(plan, out_root)

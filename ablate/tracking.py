@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +48,42 @@ def lineage_config(plan: Plan, stage_id: str) -> dict[str, Any]:
         out = {**stage.flat_config(), **out}
         sid = stage.parent
     return out
+
+
+def _from_template(uri: str) -> None:
+    """A new sqlite database starts as a copy of an empty one this MLflow version made before (in
+    ~/.cache/mae-ablate): MLflow builds a new database's tables through its whole migration
+    history, about 2 s per study. The copy is MLflow's own empty database, byte for byte."""
+    import shutil
+
+    import mlflow
+
+    from ablate.crash import cache_dir
+
+    if not uri.startswith("sqlite:///"):
+        return
+    target = Path(uri.removeprefix("sqlite:///"))
+    if target.exists():
+        return
+    template = cache_dir() / f"mlflow-{mlflow.__version__}-empty.db"
+    if not template.is_file():
+        from mlflow.tracking import MlflowClient
+
+        scratch = template.with_name(f"{template.name}.{os.getpid()}.tmp")
+        try:
+            template.parent.mkdir(parents=True, exist_ok=True)
+            scratch.unlink(missing_ok=True)
+            MlflowClient(tracking_uri=f"sqlite:///{scratch}").search_experiments()  # creates the tables
+            os.replace(scratch, template)
+        except Exception:  # noqa: BLE001 - no cache here: MLflow creates the study's database itself
+            scratch.unlink(missing_ok=True)
+            return
+    partial = target.with_name(f"{target.name}.tmp")
+    try:
+        shutil.copyfile(template, partial)
+        os.replace(partial, target)
+    except OSError:  # a full disk, say: nothing half-written is left, and MLflow tries itself
+        partial.unlink(missing_ok=True)
 
 
 def default_uri(study_dir: Path) -> str:
@@ -87,6 +124,7 @@ class StudyTracker:
             self.study_dir.mkdir(parents=True, exist_ok=True)
         name = self.plan.study.name
         with self._creating():  # also the database's tables: two drivers creating them at once break it
+            _from_template(self.uri)
             self.client = MlflowClient(tracking_uri=self.uri)
             experiment = self.client.get_experiment_by_name(name)
             if experiment is None:
