@@ -41,6 +41,13 @@ class ClusterTooSmall(CannotRun):
     exit_code = EXIT_BAD_INPUT
 
 
+class StorageNotShared(CannotRun):
+    """A node of the joined cluster does not see the output root or the data where the driver
+    does, refused before anything starts. Exit status 2: the --out given is wrong for this cluster."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
 def loc_path(loc: tuple[Any, ...]) -> str:
     """('axes', 'model.mask_ratio', 2) -> 'axes.model.mask_ratio[2]'."""
     out = ""

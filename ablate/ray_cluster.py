@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from ablate.errors import CannotRun
+from ablate.errors import CannotRun, StorageNotShared
 
 AUTH_MODE = "RAY_AUTH_MODE"
 TOKEN_VARS = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
@@ -191,7 +191,7 @@ def check_shared_storage(out_root: Path, data: list[tuple[str, str | None]],
                          timeout_s: float = STORAGE_TIMEOUT_S) -> int:
     """Before anything runs on a joined cluster: a zero-CPU task pinned to each alive node reads a
     probe file the driver wrote under `out_root` and looks for every (dataset, root). Raises
-    CannotRun naming the first node that does not see them; returns the number of nodes checked.
+    StorageNotShared naming the first node that does not see them; returns the number of nodes checked.
     A stage run on such a node would write its results on that node's own disk and be lost."""
     import uuid
 
@@ -213,11 +213,11 @@ def check_shared_storage(out_root: Path, data: list[tuple[str, str | None]],
         for ref, node in refs.items():
             where = f"node {node.get('NodeManagerAddress', '?')} ({node['NodeID'][:12]})"
             if ref not in ready:
-                raise CannotRun(f"{where} did not answer a storage check within {timeout_s:.0f} s (a hung mount?); "
+                raise StorageNotShared(f"{where} did not answer a storage check within {timeout_s:.0f} s (a hung mount?); "
                                 f"fix or remove the node, then run the same command again")
             host, problems = ray.get(ref)
             if problems:
-                raise CannotRun(f"{where}, host {host}: {problems[0]}; every node must mount the output root (--out) "
+                raise StorageNotShared(f"{where}, host {host}: {problems[0]}; every node must mount the output root (--out) "
                                 f"and the data at the same paths as the driver (NFS or another shared filesystem)")
     finally:
         probe.unlink(missing_ok=True)

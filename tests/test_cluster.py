@@ -7,6 +7,7 @@ own Ray temp folder, so the stale file and the token are the test's alone; the h
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -238,7 +239,7 @@ def test_a_cluster_whose_nodes_do_not_see_the_output_root_is_refused_before_anyt
     if "unshare failed" in refused.stderr or "mount:" in refused.stderr:
         pytest.skip(f"cannot make a private mount here (needs root with CAP_SYS_ADMIN): {refused.stderr.strip()}")
     lines = refused.stderr.strip().splitlines()
-    assert refused.returncode == 1 and len(lines) == 1, refused.stdout + refused.stderr
+    assert refused.returncode == 2 and len(lines) == 1, refused.stdout + refused.stderr
     assert lines[0].startswith("cannot run tiny: node ") and "does not see the output root" in lines[0], lines
     assert "at the same paths as the driver" in lines[0] and "Traceback" not in refused.stdout
 
@@ -254,3 +255,53 @@ def test_a_cluster_whose_nodes_do_not_see_the_output_root_is_refused_before_anyt
     assert "storage checked on 2 nodes" in shared.stdout and "token from" not in shared.stdout
     assert (results(out)["lin_top1"] > 0).all()
     assert not list(out.glob(".storage-probe-*"))
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out / 'tiny' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.role = 'stage'")
+    assert len({r.data.tags["node.ray_node_id"] for r in runs}) == 2  # the stages ran on both nodes
+
+
+def test_a_node_lost_mid_stage_costs_only_its_work_the_stage_resumes_on_another(project, monkeypatch):
+    """Two 1-CPU worker nodes (and a head that runs nothing): the node running a pre-training is
+    removed after its third epoch; the trial is retried on the surviving node from its checkpoint."""
+    import time
+
+    from ray.cluster_utils import Cluster
+
+    from ablate import store
+    from ablate.plan import plan
+    from ablate.profiles import load_profile
+    from ablate.study import load_study
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    (project / "long.yaml").write_text("name: long\nbase:\n  pretrain: {epochs: 120}\nevaluations: []\nfigures: []\n")
+    s = load_study(project / "long.yaml")
+    (sid,) = plan(s, load_profile("tiny", s.source)).stages
+    out = project / "out"
+    folder = store.stage_dir(out, sid)
+    driver = subprocess.Popen([str(VENV_BIN / "ablate"), "run", "long.yaml", "--profile", "tiny", "--out", "out",
+                               "--address", cluster.address], cwd=project, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 180
+        while len(store.epochs(out, sid)) < 3:  # the stage's own progress: three epochs written
+            assert time.time() < deadline and driver.poll() is None, "the stage never reached its third epoch"
+            time.sleep(0.05)
+        first = store.attempts(out, sid)[0]["ray_node_id"]
+        (victim,) = [n for n in workers if n.node_id == first]
+        cluster.remove_node(victim)
+        output = driver.communicate(timeout=300)[0]
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        cluster.shutdown()
+    assert driver.returncode == 0, output
+    assert "Traceback" not in output and "retry" in output
+    tried = store.attempts(out, sid)
+    assert len(tried) == 2 and tried[1]["ray_node_id"] != first  # the retry ran on the surviving node
+    epochs = [json.loads(line)["epoch"] for line in (folder / store.METRICS).read_text().splitlines()]
+    assert store.state(out, sid) == store.DONE and epochs[-1] == 119 and set(epochs) == set(range(120))
+    assert epochs.count(0) == 1 and epochs.count(1) == 1  # the retry resumed from a checkpoint, not from epoch 0

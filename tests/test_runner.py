@@ -252,7 +252,7 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(project, backend):
     import time
 
     study = project / "stop.yaml"
-    study.write_text("name: stop\nbase:\n  pretrain: {epochs: 80}\nevaluations: []\nfigures: []\n")
+    study.write_text("name: stop\nbase:\n  pretrain: {epochs: 25}\nevaluations: []\nfigures: []\n")
     command = [sys.executable, "-m", "ablate.cli", "run", str(study), "--profile", "tiny", "--out",
                str(project / "runs"), "--backend", backend]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
