@@ -240,7 +240,8 @@ def _backend(name: BackendName, address: str | None, max_concurrent: int | None,
 @app.command()
 def status(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT_OUT,
            seeds: SeedsOpt = None) -> None:
-    """Per-stage state from the stage store: done, failed (with the error), blocked or pending."""
+    """Per-stage state from the stage store: done (and from which numerics version), failed (with the
+    error), blocked or pending; where each ran; the store's size and what `ablate clean` frees."""
     from ablate.views import status_table
 
     p = load(study, profile, out, seeds=seeds)
