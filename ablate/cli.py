@@ -210,7 +210,7 @@ def _settle_stale(p: Plan, out: Path, rerun: bool, keep: bool) -> None:
     if rerun and keep:
         typer.echo("--rerun-stale, --keep-stale: choose one", err=True)
         raise typer.Exit(EXIT_BAD_INPUT)
-    stale = store.stale(out, p.stages)
+    stale = store.stale(out, {sid: stage.runner for sid, stage in p.stages.items()})
     if not stale:
         return
     if not (rerun or keep):
@@ -219,7 +219,7 @@ def _settle_stale(p: Plan, out: Path, rerun: bool, keep: bool) -> None:
         raise typer.Exit(EXIT_BAD_INPUT)
     if keep:
         for sid in stale:
-            store.keep_stale(out, sid)
+            store.keep_stale(out, sid, p.stages[sid].runner)
         return
     rerun_ids = set(stale)
     for sid, stage in p.stages.items():  # plan order: parents first; a child of a rerun stage read the old encoder

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from ablate import store
 from ablate.errors import StudyError
-from ablate.plan import Plan
+from ablate.plan import Plan, Stage
 from core.data_files import describe, missing_data
 
 MIN_FREE_BYTES = 1 << 20  # below this the first checkpoint cannot be written
@@ -51,10 +51,10 @@ def _check_writable(out: Path, folder: Path) -> None:
                                       f"space or give --out a folder on another disk")
 
 
-def data_sources(plan: Plan) -> list[tuple[str, str | None]]:
-    """The distinct (dataset, data.root) of the plan's stages, in stage order."""
+def data_sources(stages: Iterable[Stage]) -> list[tuple[str, str | None]]:
+    """The distinct (dataset, data.root) of these stages, in their order."""
     seen: dict[tuple[str, str | None], None] = {}
-    for stage in plan.stages.values():
+    for stage in stages:
         data = stage.config["data"]
         seen.setdefault((data["dataset"], data.get("root")), None)
     return list(seen)
@@ -62,7 +62,7 @@ def data_sources(plan: Plan) -> list[tuple[str, str | None]]:
 
 def check_data(plan: Plan) -> None:
     """Every stage's dataset can be read (or, for CIFAR, downloaded) where its config says."""
-    for dataset, root in data_sources(plan):
+    for dataset, root in data_sources(plan.stages.values()):
         problem = missing_data(dataset, root)
         if problem is None:
             continue
@@ -96,7 +96,7 @@ def summary(plan: Plan, out: Path, *, data_checked: bool = True) -> list[str]:
     lines = [f"output: {out} (stage folders in {store.stages_root(out)}/, this study's results, report and MLflow "
              f"database in {store.study_dir(out, plan.study.name)}/)"]
     note = "" if data_checked else " (not checked here: the trials read it on the cluster's nodes)"
-    lines += [f"data: {describe(dataset, root)}{note}" for dataset, root in data_sources(plan)]
+    lines += [f"data: {describe(dataset, root)}{note}" for dataset, root in data_sources(plan.stages.values())]
     if plan.study.tracking.uri:
         lines.append(f"MLflow: {plan.study.tracking.uri}")
     return lines

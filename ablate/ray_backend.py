@@ -305,9 +305,8 @@ class RayBackend:
             self._ensure_ray()
             check_cluster(stages, resources)
             if self.address:
-                data = sorted({(s.config["data"]["dataset"], s.config["data"].get("root")) for s in stages},
-                              key=str)
-                nodes = ray_cluster.check_shared_storage(out_root, data)
+                from ablate.preflight import data_sources
+                nodes = ray_cluster.check_shared_storage(out_root, data_sources(stages))
                 if self.say is not None:
                     self.say(f"storage checked on {nodes} node{'s' * (nodes > 1)}: the output root "
                              f"{Path(out_root).resolve()} and the data are seen where the driver sees them")

@@ -214,7 +214,7 @@ def _run_locked(stage: Stage, out_root: Path, folder: Path, report: Report | Non
         **result, "stage_id": stage.id, "kind": stage.kind, "started_at": meta["attempts"][-1]["started_at"],
         "finished_at": _now(), "attempt_wall_s": time.time() - started, "attempts": len(meta["attempts"]),
         # what computed these numbers: the engine's numerics version and the code's commit
-        "runner": stage.runner, "numerics": core.NUMERICS_VERSION[stage.runner], "commit": node.code_commit(),
+        "numerics": core.NUMERICS_VERSION[stage.runner], "commit": node.code_commit(),
         # the peak of the process that ran it (a reused Ray actor: of every stage it ran so far)
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
     return result

@@ -117,32 +117,29 @@ def numerics_of(done: dict[str, Any]) -> int:
     return int(done.get("numerics", 1))
 
 
-def current_numerics(done: dict[str, Any]) -> int:
-    """The version this code's engine for that stage computes (core.NUMERICS_VERSION)."""
+def stale(out_root: Path, runners: dict[str, str]) -> dict[str, int]:
+    """Finished stages (stage id -> its engine, `Stage.runner`) computed by another numerics version
+    of their engine than this code's (core.NUMERICS_VERSION) that the user has not chosen to keep:
+    stage id -> the version they were computed with."""
     import core
 
-    runner = done.get("runner") or ("pretrain" if done.get("kind") == "pretrain" else
-                                    "linear_probe" if done.get("kind") == "linear_probe" else "finetune")
-    return core.NUMERICS_VERSION[runner]
-
-
-def stale(out_root: Path, stage_ids: Iterable[str]) -> dict[str, int]:
-    """Finished stages computed by another numerics version of their engine than this code's
-    (core.NUMERICS_VERSION) that the user has not chosen to keep: stage id -> their version."""
     out = {}
-    for sid in stage_ids:
+    for sid, runner in runners.items():
         done = result(out_root, sid)
-        if done is not None and numerics_of(done) != current_numerics(done) \
-                and current_numerics(done) not in done.get("numerics_kept", []):
+        now = core.NUMERICS_VERSION[runner]
+        if done is not None and numerics_of(done) != now and now not in done.get("numerics_kept", []):
             out[sid] = numerics_of(done)
     return out
 
 
-def keep_stale(out_root: Path, stage_id: str) -> None:
+def keep_stale(out_root: Path, stage_id: str, runner: str) -> None:
     """The user keeps a stage of another numerics version: recorded in its result.json."""
+    import core
+
     path = stage_dir(out_root, stage_id) / RESULT
     done = read_json(path)
-    write_json_atomic(path, {**done, "numerics_kept": sorted({*done.get("numerics_kept", []), current_numerics(done)})})
+    kept = sorted({*done.get("numerics_kept", []), core.NUMERICS_VERSION[runner]})
+    write_json_atomic(path, {**done, "numerics_kept": kept})
 
 
 def set_aside(out_root: Path, stage_id: str) -> Path:

@@ -93,7 +93,7 @@ def plan_table(plan: Plan, out_root: Path, console: Console) -> None:
 
 def status_table(plan: Plan, out_root: Path, console: Console) -> None:
     states = current_states(plan, out_root)
-    stale = store.stale(out_root, plan.stages)
+    stale = store.stale(out_root, {sid: stage.runner for sid, stage in plan.stages.items()})
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in ("stage id", "stage", "arms", "state", "epochs", "ran on", "result / error"):
         table.add_column(column, no_wrap=column == "stage id")
