@@ -233,6 +233,11 @@ class StageEvents(tune.Callback):
         sid = trial.config["stage_id"]
         folder = store.stage_dir(self.out_root, sid)
         full = _storage_error(trial)
+        if full is None and store.state(self.out_root, sid) != store.DONE:
+            try:  # a worker that died without a word on a disk that is full now: the disk's fault, not the stage's
+                store.check_writable(folder)
+            except OSError as e:  # another OSError (a vanished folder) leaves the failure as it is
+                full = store.storage_error(e)
         if full is not None:
             self.storage_errors.append(full)
         elif store.state(self.out_root, sid) != store.DONE:

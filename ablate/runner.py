@@ -5,7 +5,6 @@ short continue from their checkpoints, failed ones stay failed unless `rerun_fai
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,7 +110,14 @@ def _run_study(plan: Plan, out_root: Path, *, backend: Backend, rerun_failed: bo
                 backend.run_wave(wave, todo, dict(plan.stages), out_root=out_root, resources=plan.resources,
                                  listeners=listeners)
                 outcome.ran += [s.id for s in todo]
-                check_writable(store.stages_root(out_root), study_dir)  # a full disk fails every stage alike
+                try:
+                    store.check_writable(store.stages_root(out_root), study_dir)
+                except OSError as e:  # a full disk fails every stage alike, also one whose worker died without a word
+                    if store.storage_error(e) is not None:
+                        for stage in todo:  # not the stages' failures: pending again, their error kept beside
+                            if store.state(out_root, stage.id) == store.FAILED:
+                                store.clear_error(store.stage_dir(out_root, stage.id))
+                    raise
                 for stage in todo:  # a stage that could run must end done or failed, or the next wave would retry it
                     could_run = stage.parent is None or store.state(out_root, stage.parent) == store.DONE
                     if could_run and store.state(out_root, stage.id) == store.PENDING:
@@ -136,22 +142,6 @@ def _run_study(plan: Plan, out_root: Path, *, backend: Backend, rerun_failed: bo
     _tracking(console, tracker.log_study_metrics, {k: outcome.count(k) for k in (store.DONE, store.FAILED, store.BLOCKED)})
     _tracking(console, tracker.close, "FAILED" if failed else "FINISHED")
     return outcome
-
-
-def check_writable(*folders: Path) -> None:
-    """Raise the OSError of a disk that refuses a small write (full, over quota, read-only)."""
-    for folder in folders:
-        probe = Path(folder) / ".write-probe"
-        try:
-            with probe.open("wb") as f:
-                f.write(bytes(4096))
-                f.flush()
-                os.fsync(f.fileno())
-        finally:
-            try:
-                probe.unlink(missing_ok=True)
-            except OSError:
-                pass
 
 
 def _tracking(console: Console, call, *args, quiet: bool = False) -> None:

@@ -86,6 +86,22 @@ def storage_error(exc: BaseException | None) -> OSError | None:
     return None
 
 
+def check_writable(*folders: Path) -> None:
+    """Raise the OSError of a disk that refuses a small write (full, over quota, read-only)."""
+    for folder in folders:
+        probe = Path(folder) / ".write-probe"
+        try:
+            with probe.open("wb") as f:
+                f.write(bytes(4096))
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            try:
+                probe.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+
 def read_json(path: Path) -> Any | None:
     try:
         return json.loads(Path(path).read_text())
