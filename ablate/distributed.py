@@ -13,7 +13,7 @@ hold the resources).
   until the caller's `report` has returned, so per-epoch metrics arrive live and in order, in the
   caller's thread (Tune's `tune.report` included). If the caller's `report` raises, training
   stops and that exception is raised here (after the checkpoint of the epoch, as in-process).
-- A worker's exception is raised here as itself (a FloatingPointError stays one), not wrapped.
+- A worker's exception is raised here as itself (a NonFiniteLoss stays one), not wrapped.
 - `out_dir` must be one folder for all workers: rank 0 writes it, every rank reads the checkpoint
   from it when resuming. On one machine any local path; across nodes a path on storage every
   node mounts at the same place (NFS, a cluster file system), as the study's output root.

@@ -241,9 +241,9 @@ class StageEvents(tune.Callback):
         if full is not None:
             self.storage_errors.append(full)
         elif store.state(self.out_root, sid) != store.DONE:
-            text = _error_text(trial)
-            if not (folder / store.ERROR).is_file() or "RayActorError" in text or "died" in text:
-                store.write_error(folder, f"failed after {MAX_FAILURES + 1} attempts; last error:\n{text}")
+            # A worker that died wrote no error.txt of its own (one there is an earlier attempt's).
+            if not (folder / store.ERROR).is_file() or _worker_died(trial):
+                store.write_error(folder, f"failed after {MAX_FAILURES + 1} attempts; last error:\n{_error_text(trial)}")
         self._ended(sid)
 
     def _ended(self, sid: str) -> None:
@@ -258,6 +258,24 @@ def _storage_error(trial) -> OSError | None:
         return store.storage_error(trial.get_pickled_error())
     except Exception:  # noqa: BLE001 - an error that cannot be unpickled is not a storage error we know of
         return None
+
+
+def _worker_died(trial) -> bool:
+    """Whether the trial's last error is its worker process, or its node, dying (Ray's own types,
+    found through the causes as store.storage_error does), or no error was recorded at all."""
+    from ray.exceptions import LocalRayletDiedError, NodeDiedError, OutOfMemoryError, RayActorError, WorkerCrashedError
+
+    try:
+        exc = trial.get_pickled_error()
+    except Exception:  # noqa: BLE001 - unreadable: nothing tells us the stage's own code raised it
+        return True
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (RayActorError, WorkerCrashedError, NodeDiedError, OutOfMemoryError, LocalRayletDiedError)):
+            return True
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    return not seen  # no error at all: the worker ended without a word
 
 
 def _error_text(trial) -> str:

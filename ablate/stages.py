@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import core
+from core.errors import Deterministic, NonFiniteLoss
 from ablate import node, pictures, store
 from ablate.lease import Lease
 from ablate.plan import Stage
@@ -30,10 +31,6 @@ Report = Callable[[dict], None]
 FAULT_ENV = "ABLATE_FAULT"  # test hook, see `Fault`
 _FAULT_MARK = ".fault-crashed"
 
-# Deterministic failures: retrying cannot help, so the stage is failed at once (no Ray retry).
-PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
-    FloatingPointError, FileNotFoundError, ValueError, TypeError, KeyError, AttributeError, NotImplementedError,
-    ImportError, AssertionError)
 
 
 class StageFailed(Exception):
@@ -49,7 +46,7 @@ class Fault:
     """Failure injection for the backend contract tests: `ABLATE_FAULT=crash:<stage id or kind>:<epoch>`
     makes the worker process exit hard after reporting that epoch, on the first attempt only (or
     calls `crash`: the serial backend, whose worker is the driver, raises WorkerCrashed instead);
-    `nan:<target>:<epoch>` raises the FloatingPointError a diverging loss raises. Several: comma-separated.
+    `nan:<target>:<epoch>` raises the NonFiniteLoss a diverging loss raises. Several: comma-separated.
     The driver reads the variable and hands it to the trials, so it works with a running Ray."""
 
     def __init__(self, spec: str | None, crash: Callable[[], None] | None = None):
@@ -66,7 +63,7 @@ class Fault:
             if at != epoch or not (stage.id == target or stage.id.startswith(f"{target}-")):
                 continue
             if mode == "nan":
-                raise FloatingPointError(f"non-finite loss nan at epoch {epoch} (injected by {FAULT_ENV})")
+                raise NonFiniteLoss(f"non-finite loss nan at epoch {epoch} (injected by {FAULT_ENV})")
             if not (folder / _FAULT_MARK).exists():
                 (folder / _FAULT_MARK).write_text(f"crashed at epoch {epoch}\n")
                 self.crash()
@@ -157,8 +154,9 @@ def run_stage(stage: Stage, out_root: Path, report: Report | None = None, *, thr
               fault: Fault | None = None, launch: Launch | None = None) -> dict[str, Any]:
     """Run (or resume) one stage into `<out_root>/stages/<id>/` and return its final metrics.
 
-    Each epoch's metrics go to `metrics.jsonl` and to `report`. On success `result.json` is
-    written last; on a deterministic failure (PERMANENT_ERRORS, e.g. a non-finite loss)
+    Each epoch's metrics go to `metrics.jsonl` (with the time they were recorded) and to `report`. On success
+    `result.json` is written last; on a deterministic failure (core.errors.Deterministic, raised
+    where it was found: a config this code cannot run, missing data, a non-finite loss)
     `error.txt` is written and StageFailed raised; any other exception is written to `error.txt`
     too and re-raised, for the caller to retry (a retry starts by removing it). `launch` runs the
     engine (default: in this process); a data-parallel stage needs one that places its workers.
@@ -191,7 +189,7 @@ def _run_locked(stage: Stage, out_root: Path, folder: Path, report: Report | Non
 
     def on_epoch(metrics: dict) -> None:
         row = {k: _plain(v) for k, v in metrics.items()}
-        store.append_jsonl(folder / store.METRICS, row)
+        store.append_jsonl(folder / store.METRICS, {**row, store.TIME: int(time.time() * 1000)})
         if report is not None:
             report(row)
         fault.check(stage, folder, int(row.get("epoch", -1)))
@@ -199,7 +197,7 @@ def _run_locked(stage: Stage, out_root: Path, folder: Path, report: Report | Non
     try:
         with recording_warnings(folder):  # the worker's stderr never reaches the user; the folder does
             result = launch(run_engine, StageJob(stage, str(Path(out_root).resolve())), folder, on_epoch)
-    except PERMANENT_ERRORS as e:
+    except Deterministic as e:  # typed where it was found (core/errors.py): retrying cannot help
         store.write_error(folder, traceback.format_exc())
         raise StageFailed(f"{type(e).__name__}: {e}") from e
     except Exception as e:

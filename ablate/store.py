@@ -2,7 +2,8 @@
 
     <out_root>/stages/<stage_id>/
         config.json      resolved config, written when the stage starts
-        metrics.jsonl    one line per reported epoch (a retried epoch appears again; the last counts)
+        metrics.jsonl    one line per reported epoch, with the time it was recorded (`TIME`); a
+                         retry resumed from an older checkpoint repeats an epoch: the first counts
         result.json      final metrics, written atomically last: present = done
         error.txt        why it failed for good (absent while it can still succeed)
         warnings.jsonl   warnings the stage's own code raised (a damaged checkpoint skipped, ...)
@@ -27,6 +28,7 @@ from typing import Any, Iterable
 DONE, FAILED, PENDING, BLOCKED = "done", "failed", "pending", "blocked"  # blocked: a parent failed
 CONFIG, METRICS, RESULT, ERROR = "config.json", "metrics.jsonl", "result.json", "error.txt"
 WARNINGS = "warnings.jsonl"
+TIME = "time_ms"  # in each metrics.jsonl line: when the epoch was recorded (ms), its MLflow timestamp
 META = "stage.json"  # the stage's attempts: when, which process, which host, Ray node and device
 DEFAULT_OUT = Path("runs")
 # The disk refused a write: full, over quota or read-only. Not a stage's fault: nothing to retry
@@ -219,8 +221,10 @@ def clear_error(folder: Path) -> None:
         os.replace(path, folder / f"error-{time.strftime('%Y%m%d-%H%M%S')}.txt")
 
 
-def epochs(out_root: Path, stage_id: str) -> list[dict[str, Any]]:
-    """The per-epoch reports, one per epoch (the last report of an epoch wins: a retry repeats it)."""
+def epochs(out_root: Path, stage_id: str, *, timed: bool = False) -> list[dict[str, Any]]:
+    """The per-epoch reports, one per epoch in epoch order. An epoch repeated by a retry that
+    resumed from an older checkpoint counts as first recorded (on CPU the repeat is bit-identical;
+    MLflow holds the first). `timed` keeps each line's recording time (`TIME`), not a metric."""
     path = stage_dir(out_root, stage_id) / METRICS
     if not path.is_file():
         return []
@@ -230,8 +234,9 @@ def epochs(out_root: Path, stage_id: str) -> list[dict[str, Any]]:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut by a crash
-        by_epoch[row.get("epoch")] = row
-    return [by_epoch[k] for k in sorted(by_epoch, key=lambda e: (e is None, e))]
+        by_epoch.setdefault(row.get("epoch"), row)
+    rows = [by_epoch[k] for k in sorted(by_epoch, key=lambda e: (e is None, e))]
+    return rows if timed else [{k: v for k, v in row.items() if k != TIME} for row in rows]
 
 
 def warnings(out_root: Path, stage_id: str) -> list[dict[str, Any]]:

@@ -6,12 +6,15 @@ workers never open the database: the sqlite file is created here before any tria
 the same runs again by their tags (`role`, `profile`, `stage_id`) instead of opening new ones.
 MLflow's own Ray integrations are not used: they open a new run per retry or restore.
 
-A stage's run holds one point per metric and step: an epoch reported again (a retry that resumed
-from an older checkpoint, a damaged checkpoint skipped) or a final metric equal to its last
-epoch's is not logged twice. A driver killed outright (SIGKILL, a reboot) leaves runs RUNNING and
-misses the epochs its trials reported after it died; the next run of the study finds those runs,
-logs the missing epochs from the stages' metrics.jsonl and ends them as their stages are
-(`backfill`).
+Metrics have one route: the stage's folder. A stage writes each epoch once to its metrics.jsonl,
+with the time it recorded it (ablate/stages.py); the backend's events only tell the tracker when
+to look (`follow`), and it logs the lines it has not sent yet, each with its recorded time as the
+MLflow timestamp. MLflow's store keeps one row per (metric, step, timestamp, value), so a line sent
+again (a run found again after the driver was killed, a stage finished by another driver) adds
+nothing: a stage's run holds one point per metric and step by construction, and the tracker never
+reads MLflow's metric history. A final metric (result.json) is logged at the last step unless that
+epoch's line has it. A driver killed outright leaves runs RUNNING; the next run of the study finds
+them, follows their folders and ends them as their stages are (`backfill`).
 """
 from __future__ import annotations
 
@@ -109,8 +112,7 @@ class StudyTracker:
         self.parent_id: str | None = None
         self.children: dict[str, str] = {}  # stage_id -> run id
         self._status: dict[str, str] = {}  # stage_id -> its run's status when this tracker opened
-        self._created: set[str] = set()  # runs this process created: nothing was logged to them before
-        self._steps: dict[tuple[str, str], set[int]] = {}  # (run id, metric) -> steps logged
+        self._followed: dict[str, int] = {}  # stage_id -> epochs of its metrics.jsonl this tracker sent
         self._started: set[str] = set()  # stages this driver's trials started
 
     # ------------------------------------------------------------------------- opening
@@ -212,44 +214,38 @@ class StudyTracker:
                 "parent_stage_id": stage.parent or "", "stage_dir": str(store.stage_dir(self.out_root, stage_id).resolve())}
         run_name = f"{arms[0] if len(arms) == 1 else f'{len(arms)} arms'}/{tags['stage']}"
         run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags).info.run_id
-        self._created.add(run_id)
         params = {k: _param(v) for k, v in lineage_config(self.plan, stage_id).items()}
         params["parent_stage_id"] = stage.parent or "none"
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), PARAM_BATCH):
             self.client.log_batch(run_id, params=items[i:i + PARAM_BATCH])
         self.children[stage_id] = run_id
-        # Epochs the stage reported before it had a run here (a run of another study sharing the
-        # store, a call of run_stage outside Ray) belong to it too.
-        self._catch_up(stage_id, run_id)
         return run_id
 
-    def _log_metrics(self, run_id: str, rows: Iterable[tuple[str, float, int]]) -> None:
+    def _log_metrics(self, run_id: str, rows: Iterable[tuple[str, float, int, int]]) -> None:
+        """Log (metric, value, step, timestamp ms) rows, in batches."""
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, int(step)) for k, v, step in rows]
+        items = [Metric(k, float(v), int(ms), int(step)) for k, v, step, ms in rows]
         for i in range(0, len(items), METRIC_BATCH):
             self.client.log_batch(run_id, metrics=items[i:i + METRIC_BATCH])
 
-    def _log_stage_metrics(self, run_id: str, rows: Iterable[tuple[str, float, int]]) -> None:
-        """Log the rows whose (metric, step) the run does not hold yet: one point per metric and step."""
-        fresh = []
-        for key, value, step in rows:
-            steps = self._steps.get((run_id, key))
-            if steps is None:  # a run found again: what it holds is in the store
-                steps = set() if run_id in self._created else {
-                    m.step for m in self.client.get_metric_history(run_id, key)}
-                self._steps[(run_id, key)] = steps
-            if int(step) not in steps:
-                steps.add(int(step))
-                fresh.append((key, value, step))
-        self._log_metrics(run_id, fresh)
-
-    def _epoch_rows(self, stage_id: str, metrics: dict[str, Any]) -> list[tuple[str, float, int]]:
+    def _epoch_rows(self, stage_id: str, epoch: dict[str, Any]) -> list[tuple[str, float, int, int]]:
+        """One metrics.jsonl line as rows; a line written before lines carried their time gets 0."""
         rename = RENAME.get(self.plan.stages[stage_id].kind, {})
-        step = int(metrics.get("epoch", 0))
-        return [(rename.get(k, k), v, step) for k, v in metrics.items() if k != "epoch" and _number(v)]
+        step, ms = int(epoch.get("epoch", 0)), int(epoch.get(store.TIME, 0))
+        return [(rename.get(k, k), v, step, ms) for k, v in epoch.items()
+                if k not in ("epoch", store.TIME) and _number(v)]
+
+    def follow(self, stage_id: str) -> None:
+        """Log the epochs of the stage's metrics.jsonl this tracker has not sent yet (all of them
+        for a run found again: MLflow keeps the points it holds already once)."""
+        epochs = store.epochs(self.out_root, stage_id, timed=True)
+        sent = self._followed.get(stage_id, 0)
+        if len(epochs) > sent:
+            run_id = self.child(stage_id)
+            self._log_metrics(run_id, [row for epoch in epochs[sent:] for row in self._epoch_rows(stage_id, epoch)])
+            self._followed[stage_id] = len(epochs)
 
     def _finish(self, stage_id: str, state: str, error: str | None) -> None:
         from mlflow.entities import RunTag
@@ -258,10 +254,13 @@ class StudyTracker:
         stage = self.plan.stages[stage_id]
         folder = store.stage_dir(self.out_root, stage_id)
         result = store.result(self.out_root, stage_id) or {}
-        final = [(k, v, stage.epochs - 1) for k, v in result.items()
-                 if _number(v) and k not in ("epochs", "attempts", "attempt_wall_s", "epoch", "numerics")]
-        self._catch_up(stage_id, run_id)
-        self._log_stage_metrics(run_id, final)
+        self.follow(stage_id)
+        last = stage.epochs - 1  # the final metrics' step, unless the last epoch's line has them
+        logged = {name for epoch in store.epochs(self.out_root, stage_id) if epoch.get("epoch") == last
+                  for name, _, _, _ in self._epoch_rows(stage_id, epoch)}
+        ms = _ms(result.get("finished_at"))
+        self._log_metrics(run_id, [(k, v, last, ms) for k, v in result.items() if _number(v) and k not in logged
+                                   and k not in ("epochs", "attempts", "attempt_wall_s", "epoch", "numerics")])
         for name in (store.CONFIG, "reconstructions.npz", store.ERROR):
             if (folder / name).is_file():
                 self.client.log_artifact(run_id, str(folder / name))
@@ -293,19 +292,13 @@ class StudyTracker:
         for path in found:
             self.client.log_artifact(run_id, str(path))
 
-    def _catch_up(self, stage_id: str, run_id: str) -> None:
-        """Log the epochs in the stage's metrics.jsonl that never reached the driver: a worker
-        killed after writing an epoch's line but before its report crossed over to the driver."""
-        self._log_stage_metrics(run_id, [row for epoch in store.epochs(self.out_root, stage_id)
-                                         for row in self._epoch_rows(stage_id, epoch)])
-
     def backfill(self, states: dict[str, str]) -> int:
         """Bring the runs in line with the stage store before anything runs; returns the runs added.
 
         A stage finished earlier (by an earlier run or another study sharing the store) without a
         run in this study gets one now, from the files in its folder (tagged `reused`). A run left
         open (RUNNING: its driver was killed; KILLED: interrupted) gets the epochs its stage
-        reported meanwhile and ends as its stage is: FINISHED or FAILED, or KILLED while pending.
+        recorded meanwhile and ends as its stage is: FINISHED or FAILED, or KILLED while pending.
         """
         added = 0
         for sid, state in states.items():
@@ -319,7 +312,7 @@ class StudyTracker:
             elif self._status.get(sid) in LEFT_OPEN:
                 if state not in END_STATUS and lease.live_holder(store.stage_dir(self.out_root, sid)):
                     continue  # another driver runs it now and ends its run
-                self._catch_up(sid, run_id)
+                self.follow(sid)
             else:
                 continue  # ended by the run that ran it, with every epoch it reported
             if state in END_STATUS:
@@ -338,11 +331,11 @@ class StudyTracker:
         self.client.update_run(run_id, status="RUNNING")
 
     def stage_epoch(self, stage_id: str, metrics: dict[str, Any]) -> None:
-        self._log_stage_metrics(self.child(stage_id), self._epoch_rows(stage_id, metrics))
+        self.follow(stage_id)  # the event says "look now"; the numbers come from the folder
 
     def stage_retrying(self, stage_id: str, error: str) -> None:
         run_id = self.child(stage_id)
-        self._catch_up(stage_id, run_id)  # the attempt that died may have written epochs it never reported
+        self.follow(stage_id)  # the attempt that died may have recorded epochs it never reported
         run = self.client.get_run(run_id)
         retries = int(run.data.tags.get("retries", "0")) + 1
         self.client.set_tag(run_id, "retries", str(retries))
@@ -373,7 +366,8 @@ class StudyTracker:
             self.client.log_table(self.parent_id, data=summary, artifact_file="summary.json")
 
     def log_study_metrics(self, counts: dict[str, int]) -> None:
-        self._log_metrics(self.parent_id, [(f"stages_{k}", v, 0) for k, v in counts.items()])
+        now = int(time.time() * 1000)
+        self._log_metrics(self.parent_id, [(f"stages_{k}", v, 0, now) for k, v in counts.items()])
 
     def close(self, status: str) -> None:
         """End the parent run: FINISHED, FAILED (some stage failed) or KILLED (interrupted); a
@@ -401,6 +395,16 @@ class StudyTracker:
 def _param(value: Any) -> str:
     text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
     return text[:6000]
+
+
+def _ms(stamp: Any) -> int:
+    """A result's `finished_at` (ablate/stages.py writes %Y-%m-%dT%H:%M:%S%z) in ms; 0 if absent."""
+    from datetime import datetime
+
+    try:
+        return int(datetime.strptime(str(stamp), "%Y-%m-%dT%H:%M:%S%z").timestamp() * 1000)
+    except ValueError:
+        return 0
 
 
 def _number(value: Any) -> bool:

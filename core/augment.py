@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision import transforms as T
 
+from core.errors import ConfigError
+
 Augment = Callable[[Tensor, int, torch.Generator], Tensor]
 
 RESIZED_CROP_SCALE = (0.2, 1.0)  # MAE pre-training recipe
@@ -225,8 +227,8 @@ AUGMENTATIONS: dict[str, Augment] = {
 }
 
 
-def _unknown(name: str, valid: dict[str, object]) -> ValueError:
-    return ValueError(f"unknown augmentation {name!r}; valid: {sorted(valid)}")
+def _unknown(name: str, valid: dict[str, object]) -> ConfigError:
+    return ConfigError(f"unknown augmentation {name!r}; valid: {sorted(valid)}")
 
 
 def get_augmentation(name: str) -> Augment:

@@ -20,6 +20,8 @@ from typing import Any, Literal, Mapping
 
 import torch
 
+from core.errors import ConfigError, MissingFile
+
 LAST = "checkpoint-last.pth"
 PREVIOUS = "checkpoint-prev.pth"
 ENCODER = "encoder.pth"
@@ -148,7 +150,7 @@ def load_encoder(path: Path) -> dict[str, torch.Tensor]:
     if path.is_dir():
         path = path / ENCODER
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no encoder file (has the pre-training stage finished?)")
+        raise MissingFile(f"{path}: no encoder file (has the pre-training stage finished?)")
     state = safe_load(path)
     if isinstance(state, Mapping) and "model" in state:
         state = state["model"]
@@ -165,7 +167,7 @@ def encoder_for_timm(encoder: Mapping[str, torch.Tensor], global_pool: Literal["
     if global_pool == "token":
         return dict(encoder)
     if global_pool != "avg":
-        raise ValueError(f"unknown global_pool {global_pool!r}; valid: ['avg', 'token']")
+        raise ConfigError(f"unknown global_pool {global_pool!r}; valid: ['avg', 'token']")
     return {("fc_norm." + k[len("norm."):] if k.startswith("norm.") else k): v for k, v in encoder.items()}
 
 

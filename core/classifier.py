@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from core.checkpoint import encoder_for_timm, load_latest
 from core.config import ModelConfig
 from core.device import seed_everything
+from core.errors import ConfigError, Mismatch
 
 HEAD_KEYS = frozenset({"head.weight", "head.bias"})
 
@@ -46,7 +47,7 @@ def build_classifier(model: ModelConfig, num_classes: int, *, global_pool: Liter
     the final norm sits after pooling (`fc_norm`), as the release's fine-tuning model.
     """
     if global_pool not in ("token", "avg"):
-        raise ValueError(f"unknown global_pool {global_pool!r}; valid: ['avg', 'token']")
+        raise ConfigError(f"unknown global_pool {global_pool!r}; valid: ['avg', 'token']")
     net = ClassifierViT(
         img_size=model.img_size, patch_size=model.patch_size, in_chans=model.in_chans, num_classes=num_classes,
         global_pool=global_pool, embed_dim=model.embed_dim, depth=model.depth, num_heads=model.num_heads,
@@ -57,7 +58,7 @@ def build_classifier(model: ModelConfig, num_classes: int, *, global_pool: Liter
         result = net.load_state_dict(encoder_for_timm(encoder, global_pool), strict=False)
         missing = set(result.missing_keys) - HEAD_KEYS
         if missing or result.unexpected_keys:
-            raise RuntimeError(f"encoder does not match the classifier: missing {sorted(missing)}, "
+            raise Mismatch(f"encoder does not match the classifier: missing {sorted(missing)}, "
                                f"unexpected {sorted(result.unexpected_keys)}")
     trunc_normal_(net.head.weight, std=2e-5)
     nn.init.zeros_(net.head.bias)
@@ -149,8 +150,8 @@ def load_resume_state(out_dir: Path, protocol: str, config: Mapping[str, Any]) -
     if state is None:
         return None
     if state.get("protocol") != protocol:
-        raise ValueError(f"{out_dir} holds a checkpoint of {state.get('protocol') or 'another stage'!r}, not of "
+        raise ConfigError(f"{out_dir} holds a checkpoint of {state.get('protocol') or 'another stage'!r}, not of "
                          f"{protocol!r}: give each stage its own out_dir")
     if _comparable(state["config"]) != _comparable(config):
-        raise ValueError(f"{out_dir} holds a {protocol} checkpoint of a different config; use a fresh out_dir")
+        raise ConfigError(f"{out_dir} holds a {protocol} checkpoint of a different config; use a fresh out_dir")
     return state

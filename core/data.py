@@ -39,6 +39,7 @@ from torchvision import datasets as tv_datasets
 from core.augment import get_augmentation, get_pil_transform
 from core.config import DataConfig
 from core.data_files import CACHE_ROOT, FASHION_MNIST_FILES, FASHION_MNIST_ROOT
+from core.errors import ConfigError, DataError, MissingFile
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
@@ -51,7 +52,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(MissingFile):
     """The dataset's files are not where we looked; the message says where and how to get them."""
 
 
@@ -93,7 +94,7 @@ def batch_generator(seed: int, epoch: int, split: Split, index: int) -> torch.Ge
 def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
     rank, world = shard
     if world < 1 or not 0 <= rank < world:
-        raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
+        raise ConfigError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
     return rank, world
 
 
@@ -157,7 +158,7 @@ class DataSource(ABC):
         the module docstring); the default is the whole sequence.
         """
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         part, rows = self._split(split)
         generator = epoch_generator(seed, epoch, split)
         if shuffle:
@@ -171,7 +172,7 @@ class DataSource(ABC):
         """The first n images of the split (fewer if the split is smaller), evaluation view, normalised."""
         n = min(n, self.num_samples(split))
         if n < 1:
-            raise ValueError(f"no images to take: n={n} from split {split!r} of {self.num_samples(split)} images")
+            raise ConfigError(f"no images to take: n={n} from split {split!r} of {self.num_samples(split)} images")
         images, labels = [], []
         for x, y in self.batches(split, batch_size=min(n, FIXED_IMAGES_BATCH), augmentation="none", shuffle=False,
                                  seed=0, epoch=0, device=device, drop_last=False):
@@ -188,7 +189,7 @@ class DataSource(ABC):
 
     def _split(self, split: Split) -> SplitRows:
         if split not in self._splits:
-            raise ValueError(f"unknown split {split!r}; valid: {list(SPLITS)}")
+            raise ConfigError(f"unknown split {split!r}; valid: {list(SPLITS)}")
         return self._splits[split]
 
     def _normaliser(self, device: torch.device) -> Callable[[Tensor], Tensor]:
@@ -296,7 +297,7 @@ def read_idx(path: Path) -> np.ndarray:
     if raw[:2] == b"\x1f\x8b":
         raw = gzip.decompress(raw)
     if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in IDX_DTYPES:
-        raise ValueError(f"{path}: not an IDX file (magic bytes {raw[:4].hex()}, expected 0000 + dtype code "
+        raise DataError(f"{path}: not an IDX file (magic bytes {raw[:4].hex()}, expected 0000 + dtype code "
                          f"in {[hex(c) for c in IDX_DTYPES]} + ndim)")
     ndim = raw[3]
     header = 4 + 4 * ndim
@@ -304,7 +305,7 @@ def read_idx(path: Path) -> np.ndarray:
     dtype = np.dtype(IDX_DTYPES[raw[2]])
     expected = header + int(np.prod(shape)) * dtype.itemsize
     if len(raw) != expected:
-        raise ValueError(f"{path}: IDX header says shape {shape} ({expected} bytes) but the file has {len(raw)} bytes")
+        raise DataError(f"{path}: IDX header says shape {shape} ({expected} bytes) but the file has {len(raw)} bytes")
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -327,7 +328,7 @@ def _load_fashion_mnist(root: Path) -> dict[Part, tuple[Tensor, Tensor]]:
         images = torch.from_numpy(read_idx(found[image_stem])).unsqueeze(1)  # (N, 28, 28) -> (N, 1, 28, 28)
         labels = torch.from_numpy(read_idx(found[label_stem])).long()
         if len(images) != len(labels):
-            raise ValueError(f"fashion_mnist: {len(images)} images but {len(labels)} labels in {part} under {root}")
+            raise DataError(f"fashion_mnist: {len(images)} images but {len(labels)} labels in {part} under {root}")
         files[part] = (images, labels)
     return files
 
@@ -447,7 +448,7 @@ def _root(cfg: DataConfig, default: str) -> Path:
 
 def _check_channels(name: str, channels: int, in_chans: int) -> None:
     if in_chans != channels:
-        raise ValueError(f"dataset {name!r} has {channels} channel(s) but in_chans is {in_chans}")
+        raise ConfigError(f"dataset {name!r} has {channels} channel(s) but in_chans is {in_chans}")
 
 
 def _open_fashion_mnist(cfg: DataConfig, img_size: int, in_chans: int) -> DataSource:
@@ -473,7 +474,7 @@ def _open_imagefolder(cfg: DataConfig, img_size: int, in_chans: int) -> DataSour
     root = _root(cfg, f"{CACHE_ROOT}/imagenet")
     folders = {part: _image_folder(root / sub) for part, sub in (("train", "train"), ("test", "val"))}
     if folders["train"].classes != folders["test"].classes:
-        raise ValueError(f"imagefolder: the class folders of {root / 'train'} and {root / 'val'} differ "
+        raise DataError(f"imagefolder: the class folders of {root / 'train'} and {root / 'val'} differ "
                          f"({len(folders['train'].classes)} vs {len(folders['test'].classes)} classes)")
     return FolderSource(img_size, cfg, folders["train"], folders["test"])
 
@@ -500,5 +501,5 @@ OPENERS: dict[str, Callable[[DataConfig, int, int], DataSource]] = {
 def open_dataset(cfg: DataConfig, *, img_size: int, in_chans: int) -> DataSource:
     """Open `cfg.dataset` for a model of `img_size` pixels and `in_chans` channels."""
     if cfg.dataset not in OPENERS:
-        raise ValueError(f"unknown dataset {cfg.dataset!r}; valid: {sorted(OPENERS)}")
+        raise ConfigError(f"unknown dataset {cfg.dataset!r}; valid: {sorted(OPENERS)}")
     return OPENERS[cfg.dataset](cfg, img_size, in_chans)

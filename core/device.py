@@ -9,13 +9,15 @@ from typing import ContextManager
 import numpy as np
 import torch
 
+from core.errors import ConfigError, Mismatch
+
 
 def resolve_device(name: str) -> torch.device:
     """`auto` picks CUDA when there is one; asking for `cuda` without one is an error, not a silent CPU run."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but no CUDA device is visible; use device: auto or cpu")
+        raise Mismatch("device 'cuda' requested but no CUDA device is visible; use device: auto or cpu")
     return torch.device(name)
 
 
@@ -33,7 +35,7 @@ def autocast(device: torch.device, precision: str) -> ContextManager:
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     if precision != "fp32":
-        raise ValueError(f"unknown precision {precision!r}; valid: ['bf16', 'fp32']")
+        raise ConfigError(f"unknown precision {precision!r}; valid: ['bf16', 'fp32']")
     return nullcontext()
 
 

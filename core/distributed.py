@@ -19,6 +19,8 @@ import torch.distributed as torch_dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from core.errors import NonFiniteLoss
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -93,11 +95,11 @@ class Dist:
 
     def backward(self, loss: torch.Tensor, accum_iter: int, what: str, epoch: int, step: int) -> float:
         """Back-propagate `loss / accum_iter` and return the loss as a float; a non-finite loss
-        raises FloatingPointError naming the epoch, the step and (with several) the rank."""
+        raises NonFiniteLoss naming the epoch, the step and (with several) the rank."""
         value = loss.item()
         if not math.isfinite(value):
             where = f" on rank {self.rank}" if self.world_size > 1 else ""
-            raise FloatingPointError(f"non-finite {what} loss {value} at epoch {epoch}, step {step}{where}")
+            raise NonFiniteLoss(f"non-finite {what} loss {value} at epoch {epoch}, step {step}{where}")
         (loss / accum_iter).backward()
         return value
 

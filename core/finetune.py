@@ -54,6 +54,7 @@ from core.classifier import (ClassifierViT, build_classifier, load_resume_state,
 from core.data import DataSource, open_dataset
 from core.device import autocast, choose_attention, resolve_device, seed_everything, warn_if_nondeterministic
 from core.distributed import Dist
+from core.errors import ConfigError
 from core.eval_config import TIMM_POOL, FinetuneConfig, FinetuneJob
 from core.progress import EpochProgress
 from core.schedule import adjust_learning_rate
@@ -96,7 +97,7 @@ def finetune(job: FinetuneJob, encoder: Mapping[str, Tensor] | None, out_dir: Pa
     steps = micro_steps - micro_steps % cfg.accum_iter
     if steps == 0:
         global_batch = cfg.batch_size * dist.world_size * cfg.accum_iter
-        raise ValueError(f"batch_size x workers x accum_iter = {cfg.batch_size} x {dist.world_size} x "
+        raise ConfigError(f"batch_size x workers x accum_iter = {cfg.batch_size} x {dist.world_size} x "
                          f"{cfg.accum_iter} = {global_batch} exceeds the {source.num_samples('train')} training images")
 
     config = job.model_dump(mode="json")
@@ -300,7 +301,7 @@ class RandAugmentBatch:
 
     def __init__(self, config: str, mean: tuple[float, ...], std: tuple[float, ...], img_size: int) -> None:
         if len(mean) not in (1, 3):
-            raise ValueError(f"RandAugment works on 1- or 3-channel images, not {len(mean)}; set rand_augment: null")
+            raise ConfigError(f"RandAugment works on 1- or 3-channel images, not {len(mean)}; set rand_augment: null")
         fill = tuple(min(255, round(255 * m)) for m in mean)
         hparams = dict(translate_const=int(img_size * 0.45), img_mean=fill if len(fill) == 3 else fill[0],
                        interpolation=Image.Resampling.BICUBIC)  # as timm's create_transform for the release

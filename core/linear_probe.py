@@ -31,6 +31,7 @@ from core.classifier import (ClassifierViT, accuracy, build_classifier, features
                              rng_state, seed_epoch, set_rng_state)
 from core.data import DataSource, open_dataset
 from core.device import autocast, choose_attention, resolve_device, seed_everything, warn_if_nondeterministic
+from core.errors import ConfigError, Mismatch, NonFiniteLoss
 from core.eval_config import TIMM_POOL, LinearProbeConfig, LinearProbeJob
 from core.lars import LARS
 from core.progress import EpochProgress
@@ -64,7 +65,7 @@ def linear_probe(job: LinearProbeJob, encoder: Mapping[str, Tensor] | None, out_
     optimizer = LARS(net.head.parameters(), lr=cfg.lr(), weight_decay=cfg.weight_decay)
     steps = source.steps_per_epoch("train", cfg.batch_size)
     if steps == 0:
-        raise ValueError(f"batch_size {cfg.batch_size} exceeds the {source.num_samples('train')} training images")
+        raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {source.num_samples('train')} training images")
 
     config = job.model_dump(mode="json")
     start_epoch, metrics = 0, {}
@@ -141,7 +142,7 @@ def train_head_one_epoch(head: nn.Module, optimizer: torch.optim.Optimizer, batc
             loss = F.cross_entropy(head(feats), labels)
             value = loss.item()
             if not math.isfinite(value):
-                raise FloatingPointError(f"non-finite linear-probe loss {value} at epoch {epoch}, step {step}")
+                raise NonFiniteLoss(f"non-finite linear-probe loss {value} at epoch {epoch}, step {step}")
             (loss / cfg.accum_iter).backward()
             if (step + 1) % cfg.accum_iter == 0:
                 optimizer.step()
@@ -196,7 +197,7 @@ class CachedFeatures:
             try:
                 rows = [self.rows[key] for key in _content_keys(images)]
             except KeyError:
-                raise RuntimeError("the data source's 'none' augmentation is not deterministic, so cached features "
+                raise Mismatch("the data source's 'none' augmentation is not deterministic, so cached features "
                                    "cannot be matched to its batches; set cache_features: false") from None
             yield feats[torch.tensor(rows, device=feats.device)], labels
 

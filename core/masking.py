@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from core.config import grid_ratios
+from core.errors import ConfigError
 
 MaskNoise = Callable[[int, int, float, torch.Generator | None, torch.device], torch.Tensor]
 
@@ -48,7 +49,7 @@ def grid_noise(n: int, grid: int, ratio: float, generator: torch.Generator | Non
     stride = next((s for s in range(2, grid + 1) if grid % s == 0 and math.isclose(ratio, 1.0 - 1.0 / (s * s))), None)
     if stride is None:
         valid = ", ".join(f"{r:.4g}" for r in grid_ratios(grid)) or "none"
-        raise ValueError(f"grid masking cannot keep a regular lattice at mask_ratio {ratio} on a {grid}x{grid} "
+        raise ConfigError(f"grid masking cannot keep a regular lattice at mask_ratio {ratio} on a {grid}x{grid} "
                          f"patch grid; valid ratios: {valid}")
     offsets = _randint(stride, (n, 2), generator, device)
     coords = torch.arange(grid, device=device)
@@ -107,14 +108,14 @@ MASKING: dict[str, MaskNoise] = {"random": random_noise, "block": block_noise, "
 
 def get_masking(name: str) -> MaskNoise:
     if name not in MASKING:
-        raise ValueError(f"unknown mask sampling {name!r}; valid: {sorted(MASKING)}")
+        raise ConfigError(f"unknown mask sampling {name!r}; valid: {sorted(MASKING)}")
     return MASKING[name]
 
 
 def check_ratio(name: str, grid: int, ratio: float) -> None:
     """Raise now, at construction, if a strategy cannot honour `ratio` on this grid."""
     if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"mask_ratio {ratio} is outside [0, 1)")
+        raise ConfigError(f"mask_ratio {ratio} is outside [0, 1)")
     if name == "grid":
         grid_noise(1, grid, ratio, None, torch.device("cpu"))
     else:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from core.errors import ConfigError
+
 
 def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
     """(M,) positions -> (M, dim) as [sin(p w) | cos(p w)]."""
@@ -21,7 +23,7 @@ def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
 def sincos_2d(dim: int, grid_size: int, cls_token: bool = True) -> torch.Tensor:
     """(grid_size**2 [+1], dim) float32 table; the cls row (first) is zeros."""
     if dim % 4:
-        raise ValueError(f"sin-cos embedding width {dim} must be divisible by 4")
+        raise ConfigError(f"sin-cos embedding width {dim} must be divisible by 4")
     coords = torch.arange(grid_size, dtype=torch.float64)
     rows, cols = torch.meshgrid(coords, coords, indexing="ij")  # (g, g) each, row-major tokens
     emb = torch.cat([sincos_1d(dim // 2, cols.reshape(-1)), sincos_1d(dim // 2, rows.reshape(-1))], dim=1)

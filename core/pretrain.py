@@ -34,6 +34,7 @@ from core.config import PretrainJob
 from core.data import DataSource, open_dataset
 from core.device import autocast, choose_attention, resolve_device, seed_everything, warn_if_nondeterministic
 from core.distributed import Dist, unwrap
+from core.errors import ConfigError
 from core.flops import train_flops_per_image
 from core.model import MaskedAutoencoder
 from core.progress import EpochProgress
@@ -139,7 +140,7 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, so
     steps = micro_steps - micro_steps % cfg.accum_iter
     if steps == 0:
         global_batch = cfg.batch_size * dist.world_size * cfg.accum_iter
-        raise ValueError(f"batch_size x workers x accum_iter = {cfg.batch_size} x {dist.world_size} x "
+        raise ConfigError(f"batch_size x workers x accum_iter = {cfg.batch_size} x {dist.world_size} x "
                          f"{cfg.accum_iter} = {global_batch} exceeds the {source.num_samples('train')} training images")
     # Any other draw from the global generator (none in MAE itself) differs between ranks.
     entropy = np.random.SeedSequence([cfg.seed % 2**64, epoch, dist.rank]).generate_state(1, dtype=np.uint64)[0]

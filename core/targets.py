@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.config import ModelConfig
+from core.errors import ConfigError, MissingFile
 
 
 class PixelTarget(nn.Module):
@@ -126,7 +127,7 @@ def kmeans(points: torch.Tensor, k: int, iters: int, generator: torch.Generator 
     """Lloyd's k-means with k-means++ seeding; an emptied cluster is re-seeded at the worst-fit point."""
     m = points.shape[0]
     if m < k:
-        raise ValueError(f"k-means needs at least {k} patches to fit {k} tokens, got {m}")
+        raise ConfigError(f"k-means needs at least {k} patches to fit {k} tokens, got {m}")
     centroids = points[torch.randint(0, m, (1,), generator=generator)]
     closest = torch.cdist(points, centroids).squeeze(1) ** 2
     for _ in range(1, k):  # k-means++: sample proportional to squared distance
@@ -148,13 +149,13 @@ def kmeans(points: torch.Tensor, k: int, iters: int, generator: torch.Generator 
 
 def load_codebook(path: Path, k: int, p: int) -> torch.Tensor:
     if not path.is_file():
-        raise FileNotFoundError(f"codebook_path {path}: no such file (expected a ({k}, {p}) array in .npy or .pt)")
+        raise MissingFile(f"codebook_path {path}: no such file (expected a ({k}, {p}) array in .npy or .pt)")
     if path.suffix == ".npy":
         book = torch.from_numpy(np.load(path, allow_pickle=False))
     else:
         book = torch.load(path, map_location="cpu", weights_only=True)
     if tuple(book.shape) != (k, p):
-        raise ValueError(f"codebook_path {path}: shape {tuple(book.shape)}, expected (codebook_size={k}, patch_dim={p})")
+        raise ConfigError(f"codebook_path {path}: shape {tuple(book.shape)}, expected (codebook_size={k}, patch_dim={p})")
     return book.float()
 
 
@@ -168,5 +169,5 @@ TARGETS: dict[str, Callable[[ModelConfig], nn.Module]] = {
 
 def build_target(cfg: ModelConfig) -> nn.Module:
     if cfg.target not in TARGETS:
-        raise ValueError(f"unknown target {cfg.target!r}; valid: {sorted(TARGETS)}")
+        raise ConfigError(f"unknown target {cfg.target!r}; valid: {sorted(TARGETS)}")
     return TARGETS[cfg.target](cfg)

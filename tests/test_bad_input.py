@@ -270,3 +270,49 @@ def test_a_checkpoint_that_would_run_code_is_refused_on_resume(tmp_path):
     assert "checkpoint-last.pth: cannot be loaded as weights-only" in note["message"]
     assert "starting from the beginning" in note["message"]
     assert [json.loads(line)["epoch"] for line in (folder / store.METRICS).read_text().splitlines()] == [0]
+
+
+def test_only_a_typed_deterministic_error_fails_a_stage_at_once(tmp_path):
+    """A stage fails for good at once only when its code raises core.errors.Deterministic (raised
+    where the failure is found); any other error (a KeyError from a bug, a flaky disk) goes back to
+    the backend to retry. The Ray backend tells a dead worker from Ray's error types, not its text."""
+    from types import SimpleNamespace
+
+    from ray.exceptions import ActorDiedError
+
+    from ablate.plan import plan
+    from ablate.profiles import load_profile
+    from ablate.ray_backend import _worker_died
+    from ablate.stages import StageFailed, run_stage
+    from ablate.study import load_study
+    from core.errors import ConfigError, Deterministic, NonFiniteLoss
+
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "tiny.yaml").write_text(TINY_PROFILE)
+    (tmp_path / "s.yaml").write_text("name: s\nevaluations: []\nfigures: []\n")
+    study = load_study(tmp_path / "s.yaml")
+    (stage,) = plan(study, load_profile("tiny", study.source)).stages.values()
+
+    def raising(error):
+        def launch(engine, job, out_dir, report):
+            raise error
+        return launch
+
+    for error in (ConfigError("a lattice that does not fit"), NonFiniteLoss("loss nan at epoch 0")):
+        with pytest.raises(StageFailed, match=type(error).__name__):
+            run_stage(stage, tmp_path / "runs", launch=raising(error))
+        assert type(error).__name__ in store.error(tmp_path / "runs", stage.id)
+    for error in (KeyError("a bug"), ValueError("an untyped value error"), RuntimeError("worker lost")):
+        with pytest.raises(type(error)):
+            run_stage(stage, tmp_path / "runs", launch=raising(error))
+    assert issubclass(ConfigError, ValueError) and issubclass(NonFiniteLoss, FloatingPointError)
+    assert not issubclass(ValueError, Deterministic)
+
+    def trial(error):
+        return SimpleNamespace(get_pickled_error=lambda: error)
+
+    assert _worker_died(trial(ActorDiedError())) and _worker_died(trial(None))
+    assert not _worker_died(trial(KeyError("died")))  # the word is not the type
+    wrapped = RuntimeError("trial failed")
+    wrapped.__cause__ = ActorDiedError()
+    assert _worker_died(trial(wrapped))

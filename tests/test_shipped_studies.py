@@ -1,8 +1,11 @@
 """The shipped studies, end to end, as a user runs them.
 
-The quickstart on the laptop profile and real Fashion-MNIST: `ablate run` in a subprocess (its
-own Ray, as from a shell); every stage done, learning really happened, the figures and the report
-written, MLflow holding one parent and one child run per stage, all FINISHED.
+The quickstart on real Fashion-MNIST: `ablate run` in a subprocess (its own Ray, as from a shell),
+on the laptop profile cut to a smoke size (SMOKE: half its images, half its pre-training, a fifth
+of its fine-tune steps; 1.5 minutes instead of 4.5 here); every stage done, learning really
+happened, the figures and the report written, MLflow holding one parent and one child run per
+stage, all FINISHED. The laptop profile's own numbers (the README's) are benchmarks/bench_recipes.py's
+check, and the README's quickstart command is run on a clean clone before each release.
 
 Then quickstart, scratch_vs_mae and partial_finetune on the test-sized model and synthetic data
 (serial backend, in process) into one output root: their MAE arm is the quickstart's 75% arm, so
@@ -39,12 +42,31 @@ def out(tmp_path_factory):
     return tmp_path_factory.mktemp("shipped") / "runs"
 
 
-def ablate_run(study: str, out: Path) -> str:
+# The laptop profile (studies/profiles/laptop.yaml) at a smoke size: the same model, precision and
+# recipes, on 2048 training images and 2000 test images, 3 pre-training epochs and 192 fine-tune
+# steps. Measured (Intel Xeon, 2 cores): 94 s; lin_top1 69.9 / 71.2, ft_top1 62.0 / 66.4 at mask 0.5 / 0.75.
+SMOKE = """\
+description: "the laptop profile at a smoke size: 2048 training images, 3 pre-training epochs, 192 fine-tune steps"
+base:
+  model: {variant: vit_fmnist}
+  data: {dataset: fashion_mnist, train_limit: 2048, test_limit: 2000, val_fraction: 0.02, num_workers: 0}
+  pretrain: {epochs: 3, warmup_epochs: 0.5, batch_size: 64, blr: 1.5e-3, precision: bf16, device: cpu, threads: 1}
+  linear_probe: {epochs: 50, warmup_epochs: 5, batch_size: 256, blr: 50.0, augmentation: none,
+                 cache_features: true, precision: bf16, device: cpu, threads: 1}
+  finetune: {epochs: 3, min_steps: 192, warmup_epochs: 1, batch_size: 32, blr: 1.0e-2, layer_decay: 0.75,
+             drop_path: 0.0, mixup: 0.0, cutmix: 0.0, rand_augment: null, reprob: 0.0, augmentation: none,
+             precision: bf16, device: cpu, threads: 1}
+resources: {cpu: 1, gpu: 0}
+throughput: {vit_fmnist: 650}
+"""
+
+
+def ablate_run(study: str, out: Path, *extra: str) -> str:
     """`ablate run` at one seed: the shipped studies default to 3 (the quickstart to 1); seeds are
     tested on planted results and by the runner's --seeds test, so one keeps the suite short."""
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     done = subprocess.run([sys.executable, "-m", "ablate.cli", "run", str(ROOT / "studies" / study), "--out", str(out),
-                           "--seeds", "1"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+                           "--seeds", "1", *extra], capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Traceback" not in done.stdout + done.stderr
     return done.stdout
@@ -76,14 +98,20 @@ def check_report(out: Path, name: str, figures: list[str], least_bytes: int = 10
 
 
 def test_quickstart(out):
-    text = ablate_run("quickstart.yaml", out)
-    assert "6/6 stages done" in text
+    smoke = out.parent / "smoke.yaml"
+    smoke.write_text(SMOKE)
+    text = ablate_run("quickstart.yaml", out, "--profile", str(smoke))
+    assert "6/6 stages done" in text and "profile smoke:" in text
     results = pd.read_csv(out / "quickstart" / "results.csv").set_index("arm")
     assert (results["status"] == "done").all()
-    # Real learning on 10 classes (chance: 10%): probe and fine-tune well above it.
-    assert (results["lin_top1"] > 60).all() and (results["ft_top1"] > 55).all(), results
-    assert (results["pretrain_loss"] < 0.6).all()
-    check_tracking(out, "quickstart", stage_ids("quickstart.yaml"))
+    # Real learning on 10 classes (chance: 10%): probe and fine-tune well above it (measured about
+    # 70 and 62-66), and the reconstruction loss falls (1.40 -> 0.74) rather than sitting at its start.
+    assert (results["lin_top1"] > 55).all() and (results["ft_top1"] > 45).all(), results
+    history = pd.read_csv(out / "quickstart" / "history.csv")
+    loss = history[(history["stage"] == "pretrain") & (history["metric"] == "loss")].sort_values("epoch")
+    for arm, curve in loss.groupby("arm"):
+        assert curve["value"].iloc[-1] < 0.8 * curve["value"].iloc[0], (arm, list(curve["value"]))
+    check_tracking(out, "quickstart", stage_ids("quickstart.yaml", str(smoke)))
     check_report(out, "quickstart", ["fig5_mask_ratio", "loss_curves", "eval_curves"])
 
 
