@@ -196,7 +196,7 @@ def run(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT
     for line in preflight.summary(p, out, data_checked=address is None):
         console.print(line)
     try:
-        outcome = run_study(p, out, backend=_backend(backend, address, max_concurrent, console),
+        outcome = run_study(p, out, backend=make_backend(backend, address, max_concurrent, console.print),
                             rerun_failed=rerun_failed, console=console)
     except CannotRun as e:
         typer.echo(f"cannot run {p.study.name}: {e}", err=True)
@@ -229,12 +229,14 @@ def _settle_stale(p: Plan, out: Path, rerun: bool, keep: bool) -> None:
         store.set_aside(out, sid)
 
 
-def _backend(name: BackendName, address: str | None, max_concurrent: int | None, console: Console):
+def make_backend(name: BackendName, address: str | None, max_concurrent: int | None, say, launch=None):
+    """The backend `ablate run` runs a study on; `launch` runs each stage's engine (ablate/stages.py:
+    a program embedding the CLI may wrap it, e.g. to profile; the tests inject faults so)."""
     if name is BackendName.serial:
         from ablate.serial_backend import SerialBackend
-        return SerialBackend()
+        return SerialBackend(launch)
     from ablate.ray_backend import RayBackend
-    return RayBackend(address, max_concurrent, say=console.print)
+    return RayBackend(address, max_concurrent, say=say, launch=launch)
 
 
 @app.command()

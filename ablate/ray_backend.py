@@ -36,7 +36,7 @@ from ablate import lease, ray_cluster, store
 from ablate.errors import ClusterTooSmall
 from ablate.events import MAX_FAILURES, Interrupted, Listeners, numeric
 from ablate.plan import Stage
-from ablate.stages import FAULT_ENV, Launch
+from ablate.stages import Launch
 from ablate.study import Resources
 
 # What a data-parallel trial itself holds while its workers train: Tune refuses an all-zero
@@ -58,13 +58,13 @@ class TrialContext:
     out_root: str
     stages: Mapping[str, Stage]
     threads: int
-    fault: str | None
+    launch: Launch | None = None  # how a single-worker stage's engine runs (RayBackend's `launch`)
     resources: Resources = Resources()  # per worker of a data-parallel stage
 
 
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     """The Tune trainable: run one stage, reporting each epoch and then its outcome."""
-    from ablate.stages import Fault, StageFailed, run_stage
+    from ablate.stages import StageFailed, run_stage
 
     stage = context.stages[config["stage_id"]]
 
@@ -72,18 +72,16 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         tune.report({**metrics, PHASE: "epoch", STAGE: stage.id})
 
     try:
-        result = run_stage(stage, Path(context.out_root), report, threads=context.threads,
-                           fault=Fault(context.fault), launch=_data_parallel(stage, context.resources))
+        launch = _data_parallel(stage, context.resources) if stage.workers > 1 else context.launch
+        result = run_stage(stage, Path(context.out_root), report, threads=context.threads, launch=launch)
     except StageFailed as e:  # deterministic: report it and end the trial normally (no retry)
         tune.report({PHASE: "failed", STAGE: stage.id, "error": str(e)[:2000]})
         return
     tune.report({**result, PHASE: "done", STAGE: stage.id})
 
 
-def _data_parallel(stage: Stage, resources: Resources) -> Launch | None:
-    """The stage's launch on `stage.workers` Ray Train workers; None (in process) for one worker."""
-    if stage.workers == 1:
-        return None
+def _data_parallel(stage: Stage, resources: Resources) -> Launch:
+    """The stage's launch on `stage.workers` Ray Train workers."""
     from ablate.distributed import run_data_parallel
 
     def launch(engine, job, out_dir, report):
@@ -289,11 +287,13 @@ def _error_text(trial) -> str:
 class RayBackend:
     """A private local Ray by default (this machine's CPUs, no dashboard, workers' logs kept off the
     terminal; never a stale or foreign cluster); `address` joins a running cluster ("auto" or
-    host:port, with the user's Ray token where there is one), and `say` is told which one."""
+    host:port, with the user's Ray token where there is one), and `say` is told which one.
+    `launch` runs each single-worker stage's engine in its trial (ablate/stages.py; default: as
+    it is); it travels to the workers, so it must pickle."""
 
     def __init__(self, address: str | None = None, max_concurrent: int | None = None,
-                 say: Callable[[str], None] | None = None):
-        self.address, self.max_concurrent, self.say = address, max_concurrent, say
+                 say: Callable[[str], None] | None = None, launch: Launch | None = None):
+        self.address, self.max_concurrent, self.say, self.launch = address, max_concurrent, say, launch
         self._started = False
 
     def __enter__(self) -> RayBackend:
@@ -356,7 +356,7 @@ class RayBackend:
         logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
         listeners.wave_started(wave, [s.id for s in stages])
         context = TrialContext(str(Path(out_root).resolve()), dict(all_stages), threads=max(1, int(resources.cpu)),
-                               fault=os.environ.get(FAULT_ENV), resources=resources)
+                               launch=self.launch, resources=resources)
         trainable = tune.with_resources(tune.with_parameters(run_trial, context=context),
                                         TrialResources(stages, resources))
         events = StageEvents(listeners, Path(out_root))

@@ -8,7 +8,6 @@ A data-parallel stage needs Ray's workers and is refused before anything starts.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -16,15 +15,22 @@ from ablate import store
 from ablate.errors import CannotRun
 from ablate.events import MAX_FAILURES, Interrupted, Listeners, numeric
 from ablate.plan import Stage
-from ablate.stages import FAULT_ENV, Fault, StageFailed, WorkerCrashed, run_stage
+from ablate.stages import Launch, StageFailed, run_stage
 from ablate.study import Resources
 
 
-def _crash() -> None:
-    raise WorkerCrashed()
+class WorkerCrashed(BaseException):
+    """What a `launch` raises to stand for a worker process that died (there is none here): not an
+    Exception, so nothing in the engine catches it on the way out; retried as a dead Ray worker is."""
 
 
 class SerialBackend:
+    """`launch` runs each stage's engine (ablate/stages.py; default: as it is), for a profiler or
+    the tests' fault injection (tests/faults.py)."""
+
+    def __init__(self, launch: Launch | None = None) -> None:
+        self.launch = launch
+
     def __enter__(self) -> SerialBackend:
         return self
 
@@ -61,12 +67,11 @@ class SerialBackend:
 
     def _run(self, stage: Stage, out_root: Path, resources: Resources, listeners: Listeners) -> bool:
         """One stage to its end (done or failed), retried as the Ray backend retries a trial."""
-        fault = Fault(os.environ.get(FAULT_ENV), crash=_crash)
         for attempt in range(MAX_FAILURES + 1):
             listeners.stage_started(stage.id)
             try:
                 run_stage(stage, out_root, lambda row: listeners.stage_epoch(stage.id, numeric(row)),
-                          threads=max(1, int(resources.cpu)), fault=fault)
+                          threads=max(1, int(resources.cpu)), launch=self.launch)
             except StageFailed:  # deterministic: its error.txt is written, no retry
                 break
             except KeyboardInterrupt:
@@ -74,7 +79,7 @@ class SerialBackend:
             except (Exception, WorkerCrashed) as e:
                 if store.storage_error(e) is not None:
                     raise  # the disk, not the stage: it stays pending and the study stops in one line
-                error = "the worker died (injected crash)" if isinstance(e, WorkerCrashed) else f"{type(e).__name__}: {e}"
+                error = "the worker died" if isinstance(e, WorkerCrashed) else f"{type(e).__name__}: {e}"
                 if attempt == MAX_FAILURES:
                     folder = store.stage_dir(out_root, stage.id)
                     if not (folder / store.ERROR).is_file():  # a crashed worker left no traceback

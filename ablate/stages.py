@@ -21,52 +21,17 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import core
-from core.errors import Deterministic, NonFiniteLoss
+from core.errors import Deterministic
 from ablate import node, pictures, store
 from ablate.lease import Lease
 from ablate.plan import Stage
 from ablate.stage_warnings import recording as recording_warnings
 
 Report = Callable[[dict], None]
-FAULT_ENV = "ABLATE_FAULT"  # test hook, see `Fault`
-_FAULT_MARK = ".fault-crashed"
-
 
 
 class StageFailed(Exception):
     """A stage failed for good; `error.txt` in its folder says why."""
-
-
-class WorkerCrashed(BaseException):
-    """The serial backend's stand-in for a worker process that died (an injected crash): not an
-    Exception, so nothing in the engine catches it on the way out."""
-
-
-class Fault:
-    """Failure injection for the backend contract tests: `ABLATE_FAULT=crash:<stage id or kind>:<epoch>`
-    makes the worker process exit hard after reporting that epoch, on the first attempt only (or
-    calls `crash`: the serial backend, whose worker is the driver, raises WorkerCrashed instead);
-    `nan:<target>:<epoch>` raises the NonFiniteLoss a diverging loss raises. Several: comma-separated.
-    The driver reads the variable and hands it to the trials, so it works with a running Ray."""
-
-    def __init__(self, spec: str | None, crash: Callable[[], None] | None = None):
-        self.crash = crash or (lambda: os._exit(3))  # as a killed worker: no exception, no cleanup
-        self.rules = []
-        for part in filter(None, (spec or "").split(",")):
-            mode, target, epoch = part.strip().split(":")
-            if mode not in ("crash", "nan"):
-                raise ValueError(f"{FAULT_ENV}: unknown mode {mode!r}; valid: crash, nan")
-            self.rules.append((mode, target, int(epoch)))
-
-    def check(self, stage: Stage, folder: Path, epoch: int) -> None:
-        for mode, target, at in self.rules:
-            if at != epoch or not (stage.id == target or stage.id.startswith(f"{target}-")):
-                continue
-            if mode == "nan":
-                raise NonFiniteLoss(f"non-finite loss nan at epoch {epoch} (injected by {FAULT_ENV})")
-            if not (folder / _FAULT_MARK).exists():
-                (folder / _FAULT_MARK).write_text(f"crashed at epoch {epoch}\n")
-                self.crash()
 
 
 # The core function behind each stage runner, imported in the worker only (the driver never loads
@@ -151,7 +116,7 @@ def _exclusive(folder: Path, out_root: Path, stage_id: str) -> Iterator[dict | N
 
 
 def run_stage(stage: Stage, out_root: Path, report: Report | None = None, *, threads: int | None = None,
-              fault: Fault | None = None, launch: Launch | None = None) -> dict[str, Any]:
+              launch: Launch | None = None) -> dict[str, Any]:
     """Run (or resume) one stage into `<out_root>/stages/<id>/` and return its final metrics.
 
     Each epoch's metrics go to `metrics.jsonl` (with the time they were recorded) and to `report`. On success
@@ -160,6 +125,7 @@ def run_stage(stage: Stage, out_root: Path, report: Report | None = None, *, thr
     `error.txt` is written and StageFailed raised; any other exception is written to `error.txt`
     too and re-raised, for the caller to retry (a retry starts by removing it). `launch` runs the
     engine (default: in this process); a data-parallel stage needs one that places its workers.
+    A launch may also wrap the engine (a profiler; the tests' fault injection, tests/faults.py).
     """
     if stage.workers > 1 and launch is None:
         raise ValueError(f"{stage.id} is data-parallel on {stage.workers} workers: run it with a `launch` that places "
@@ -169,12 +135,11 @@ def run_stage(stage: Stage, out_root: Path, report: Report | None = None, *, thr
     with _exclusive(folder, out_root, stage.id) as done:
         if done is not None:  # finished meanwhile by another run sharing the store
             return done
-        return _run_locked(stage, out_root, folder, report, threads, fault or Fault(os.environ.get(FAULT_ENV)),
-                           launch or in_process)
+        return _run_locked(stage, out_root, folder, report, threads, launch or in_process)
 
 
 def _run_locked(stage: Stage, out_root: Path, folder: Path, report: Report | None, threads: int | None,
-                fault: Fault, launch: Launch) -> dict[str, Any]:
+                launch: Launch) -> dict[str, Any]:
     (folder / store.ERROR).unlink(missing_ok=True)  # a previous attempt's; this one decides
     store.write_json_atomic(folder / store.CONFIG, dict(stage.config))
     meta = store.read_json(folder / store.META) or {"attempts": []}
@@ -192,7 +157,6 @@ def _run_locked(stage: Stage, out_root: Path, folder: Path, report: Report | Non
         store.append_jsonl(folder / store.METRICS, {**row, store.TIME: int(time.time() * 1000)})
         if report is not None:
             report(row)
-        fault.check(stage, folder, int(row.get("epoch", -1)))
 
     try:
         with recording_warnings(folder):  # the worker's stderr never reaches the user; the folder does

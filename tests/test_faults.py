@@ -2,10 +2,12 @@
 on disk, a disk that fills up or is read-only, eight trials logging at once, determinism through
 a crash, and a NaN arm in the report.
 
-Real processes (`python -m ablate.cli run` in a subprocess where a process must die), real local
-Ray, real MLflow (sqlite under tmp_path), the test-sized model on synthetic data; the in-process
-tests run on the serial backend unless Ray is what they test (then they share tests/test_runner.py's
-Ray). Mount-based tests need root and CAP_SYS_ADMIN and are skipped, saying why, without them.
+Real processes (`ablate run` in a subprocess where a process must die), real local Ray, real
+MLflow (sqlite under tmp_path), the test-sized model on synthetic data; the in-process tests run
+on the serial backend unless Ray is what they test (then they share tests/test_runner.py's Ray).
+Kills and crashes come from the stage's own progress (tests/faults.py, through the backends'
+`launch` seam): a worker kills itself, or the driver, right after a given epoch. Mount-based tests
+need root and CAP_SYS_ADMIN and are skipped, saying why, without them.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from typer.testing import CliRunner
 from ablate import store
 from ablate.cli import app
 from ablate.stages import run_stage
+from tests import faults
 from tests.test_runner import PROFILE, mlflow_runs, ray_session, run, stamps, the_plan  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.slow
@@ -62,13 +65,15 @@ def write(project: Path, name: str, text: str) -> Path:
     return path
 
 
-def start(project: Path, study: Path, log: Path, *, fault: str | None = None) -> subprocess.Popen:
-    """`ablate run` in a process (and session) of its own, output into `log`."""
-    env = {k: v for k, v in os.environ.items() if k != "ABLATE_FAULT"}
-    env["OMP_WAIT_POLICY"] = "PASSIVE"
-    if fault:
-        env["ABLATE_FAULT"] = fault
-    command = [sys.executable, "-m", "ablate.cli", "run", str(study), "--profile", "tiny", "--out",
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def start(project: Path, study: Path, log: Path, *, fault: str = "") -> subprocess.Popen:
+    """`ablate run` in a process (and session) of its own, output into `log`, its stages run
+    through tests/faults.py's Fault(`fault`) (none: as they are)."""
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, "-m", "tests.faults", fault, "run", str(study), "--profile", "tiny", "--out",
                str(project / "runs")]
     with log.open("w") as out:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True,
@@ -155,23 +160,21 @@ def assert_runs_closed(project: Path, name: str, stage_ids) -> list[dict]:
 # ------------------------------------------------------------------------------ a. worker SIGKILL
 @pytest.fixture(scope="module")
 def disturbed(root):
-    """The determinism study, disturbed: its pre-training worker gets a real SIGKILL after its
-    first epoch, and both evaluations crash once (ABLATE_FAULT)."""
+    """The determinism study, disturbed: its pre-training worker gets a real SIGKILL right after
+    its first epoch (sent by itself), and both evaluations crash once (os._exit)."""
     project = make_project(root / "disturbed")
     study = write(project, "det", DETERMINISM)
     p = the_plan(study)
     (pre,) = [sid for sid, s in p.stages.items() if s.kind == "pretrain"]
     started = time.time()
-    process = start(project, study, project / "run.log", fault="crash:linear_probe:0,crash:finetune:0")
+    process = start(project, study, project / "run.log", fault="sigkill:pretrain:0,crash:linear_probe:0,crash:finetune:0")
     try:
-        wait_until(lambda: epochs_reported(project, pre), 180, "the first pre-training epoch")
-        victim = attempts(project, pre)[-1]["pid"]
-        killed_after = epochs_reported(project, pre)
-        os.kill(victim, signal.SIGKILL)
         process.wait(timeout=300)
     finally:
         if process.poll() is None:
             process.kill()
+    victim = attempts(project, pre)[0]["pid"]
+    killed_after = [int((store.stage_dir(project / "runs", pre) / ".fault-sigkill").read_text().split()[-1])]
     return {"project": project, "study": study, "plan": p, "pretrain": pre, "victim": victim,
             "killed_after": killed_after, "rc": process.returncode, "output": (project / "run.log").read_text(),
             "seconds": time.time() - started}
@@ -187,9 +190,8 @@ def test_worker_killed_with_sigkill_resumes_from_its_checkpoint(disturbed):
     pids = [a["pid"] for a in attempts(project, pre)]
     assert len(pids) == 2 and pids[0] == disturbed["victim"] and pids[1] != pids[0]
     epochs = epochs_reported(project, pre)
-    # Resumed, not restarted: no epoch ran twice (one between the last checkpoint and the kill
-    # may be missing: its checkpoint was written, its report not).
-    assert max(collections.Counter(epochs).values()) == 1 and epochs[-1] == 29 and len(epochs) >= 29
+    # Resumed, not restarted: no epoch ran twice, none is missing (killed after its checkpoint and report).
+    assert epochs == list(range(30))
     for sid in p.stages:
         assert store.state(project / "runs", sid) == store.DONE
         assert len(attempts(project, sid)) == 2  # the evaluations crashed once each (os._exit)
@@ -232,21 +234,20 @@ def test_an_epoch_written_but_never_reported_still_reaches_mlflow(root):
 def test_driver_killed_with_sigkill_then_the_same_command_finishes(root):
     project = make_project(root / "driver")
     study = write(project, "dkill", "name: {name}\nbase:\n  data: {{synthetic_size: 128}}\n"
-                                    "arms:\n  short: {{pretrain.epochs: 2}}\n  long: {{pretrain.epochs: 30}}\n"
+                                    "arms:\n  short: {{pretrain.epochs: 2}}\n  long: {{pretrain.epochs: 60}}\n"
                                     "evaluations: []\nfigures: []\n")
     p = the_plan(study)
     short, long = (run_.stages["pretrain"] for run_ in p.runs)
     out = project / "runs"
-    driver = start(project, study, project / "first.log")
+    # The long stage's worker kills the driver at its first epoch after the short stage is done
+    # (about its 15th of 60 here: the short one is done once its pictures are drawn).
+    driver = start(project, study, project / "first.log", fault=f"kill-driver:{long}:0:when-done={short}")
     try:
-        wait_until(lambda: store.state(out, short) == store.DONE and epochs_reported(project, long), 180,
-                   "the short stage to finish and the long one to report an epoch")
-        assert store.state(out, long) == store.PENDING, "the long stage finished before the kill; make it longer"
+        assert driver.wait(timeout=300) == -signal.SIGKILL, (project / "first.log").read_text()
+        assert store.state(out, short) == store.DONE and store.state(out, long) == store.PENDING
         session = session_processes(driver.pid)
         before = stamps(project, [short])
         worker = attempts(project, long)[-1]["pid"]
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=30)
         # Ray's workers notice that their raylet died with the driver and exit: no orphan keeps
         # the stage's lock (or writes its folder) while the rerun runs.
         worker_gone_s = wait_until(lambda: not alive(worker), 60, f"the orphaned trial worker {worker} to exit")
@@ -323,20 +324,12 @@ def test_disk_full_mid_run_stops_in_one_line_and_resumes(tmp_path, mounted, ray_
 
     project = make_project(tmp_path / "project")
     disk = mounted("tmpfs", tmp_path / "disk", "-o", "size=24m")
-    study = write(project, "full", "name: {name}\nbase:\n  pretrain: {{epochs: 50}}\nevaluations: []\nfigures: []\n")
+    study = write(project, "full", "name: {name}\nbase:\n  pretrain: {{epochs: 12}}\nevaluations: []\nfigures: []\n")
     (sid,) = the_plan(study).stages
     (project / "runs").symlink_to(disk)
-    process = start(project, study, project / "run.log")
+    process = start(project, study, project / "run.log", fault=f"fill-disk:{sid}:0")  # after its first epoch
+    filler = disk / "filler"
     try:
-        wait_until(lambda: epochs_reported(project, sid), 180, "the first epoch")
-        filler = disk / "filler"
-        with filler.open("wb") as f:  # take every byte left
-            try:
-                while True:
-                    f.write(bytes(1 << 20))
-                    f.flush()
-            except OSError:
-                pass
         process.wait(timeout=180)
     finally:
         if process.poll() is None:
@@ -363,11 +356,11 @@ def test_disk_full_mid_run_stops_in_one_line_and_resumes(tmp_path, mounted, ray_
     assert again.exit_code == 0, again.output
     assert store.state(project / "runs", sid) == store.DONE
     epochs = [e["epoch"] for e in store.epochs(project / "runs", sid)]
-    assert epochs[-1] == 49 and len(set(epochs)) >= 49  # at most the epoch cut by the full disk is missing
+    assert epochs[-1] == 11 and len(set(epochs)) >= 11  # at most the epoch cut by the full disk is missing
     assert_runs_closed(project, "full", [sid])
     assert_one_point_per_step(metric_points(project, "full"))
     print(f"\ndisk full mid-stage: exit 1, one line; {len(files)} files left, no temporary one, every JSON and "
-          f"checkpoint whole; the rerun resumed and logged {len(set(epochs))}/50 epochs")
+          f"checkpoint whole; the rerun resumed and logged {len(set(epochs))}/12 epochs")
 
 
 # ------------------------------------------------------------------------------ c. truncated checkpoint
@@ -496,7 +489,7 @@ def test_nan_arm_is_marked_failed_in_the_figure_and_the_table(tmp_path, monkeypa
                                      "figures: [fig5_mask_ratio, loss_curves]\ntables: [fig5_mask_ratio]\n")
     p = the_plan(study)
     bad = p.runs[0].stages["pretrain"]
-    monkeypatch.setenv("ABLATE_FAULT", f"nan:{bad}:0")
+    faults.install(monkeypatch, f"nan:{bad}:0")
     result = run(project, study, backend="serial")
     assert result.exit_code == 1, result.output
     report = project / "runs" / "nanfig" / "report"

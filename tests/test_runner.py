@@ -19,6 +19,7 @@ from ablate.cli import app
 from ablate.plan import plan
 from ablate.profiles import load_profile
 from ablate.study import load_study
+from tests import faults
 
 pytestmark = pytest.mark.slow
 
@@ -185,7 +186,7 @@ def test_worker_crash_is_retried_with_one_run_per_stage(project, backend, monkey
                         text="name: {name}\nevaluations: {evaluations}\nfigures: []\n")
     p = the_plan(study)
     (sid,) = p.stages
-    monkeypatch.setenv("ABLATE_FAULT", "crash:pretrain:0")  # the worker dies hard after epoch 0, once
+    faults.install(monkeypatch, "crash:pretrain:0")  # the worker dies hard after epoch 0, once
     from mlflow.tracking import MlflowClient
 
     history = MlflowClient.get_metric_history
@@ -219,7 +220,7 @@ def test_failing_stage_is_recorded_and_the_other_arm_finishes(project, backend, 
     p = the_plan(study)
     bad_arm, good_arm = p.runs
     bad = bad_arm.stages["pretrain"]
-    monkeypatch.setenv("ABLATE_FAULT", f"nan:{bad}:0")
+    faults.install(monkeypatch, f"nan:{bad}:0")
     result = run(project, study, backend=backend)
     assert result.exit_code == 1, result.output
     assert "--rerun-failed" in result.output
@@ -241,7 +242,7 @@ def test_failing_stage_is_recorded_and_the_other_arm_finishes(project, backend, 
     assert next(r for r in runs if r["role"] == "study")["status"] == "FAILED"
 
     # Failed stages are reported, not retried ...
-    monkeypatch.delenv("ABLATE_FAULT")
+    monkeypatch.undo()
     again = run(project, study, backend=backend)
     assert again.exit_code == 1 and "0 run now" in again.output
     # ... unless asked; the retry reuses the stage's run.

@@ -1,0 +1,104 @@
+"""Fault injection for the tests, through the backends' public `launch` seam (ablate/stages.py).
+
+`Fault(rules)` is a launch: it runs the stage's engine as it is and, right after an epoch is
+recorded and reported, does what a rule says for that stage, driven by the engine's own progress
+(no timer, no polling). A rule is `do:stage:epoch`, several comma-separated; `stage` is a stage id
+or a kind (`pretrain` matches `pretrain-<hash>`), and the rule fires at the first reported epoch
+>= `epoch`, once per stage (a mark in its folder), so a retried attempt runs clean:
+
+    crash        the worker process exits at once (os._exit), as a killed one: no exception, no cleanup;
+                 on the serial backend, which has no worker, it raises WorkerCrashed instead
+    sigkill      the worker process sends itself SIGKILL (Ray backend only)
+    nan          raises the NonFiniteLoss a diverging loss raises: a deterministic failure, every attempt
+    kill-driver  SIGKILL to the driver that built the Fault (Ray backend only), at the first epoch
+                 >= `epoch` after the stage named by `when-done=<stage id>` (optional 4th field) is done
+    fill-disk    writes `<out_root>/filler` until the output root's disk is full, and goes on
+
+`python -m tests.faults RULES <ablate arguments>` runs the CLI with its backend built with this launch.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from functools import partial
+from pathlib import Path
+
+from ablate import cli, store
+from ablate.serial_backend import WorkerCrashed
+from core.errors import NonFiniteLoss
+
+ACTIONS = ("crash", "sigkill", "nan", "kill-driver", "fill-disk")
+
+
+class Fault:
+    def __init__(self, rules: str, *, serial: bool = False):
+        self.serial = serial
+        self.driver = os.getpid()  # built in the driver; the rules run in the trials' workers
+        self.rules = []
+        for part in filter(None, (rules or "").split(",")):
+            do, target, epoch, *when = part.strip().split(":")
+            if do not in ACTIONS:
+                raise ValueError(f"unknown fault {do!r}; valid: {list(ACTIONS)}")
+            done = when[0].removeprefix("when-done=") if when else None
+            self.rules.append((do, target, int(epoch), done))
+
+    def __call__(self, engine, job, out_dir: Path, report):
+        """The launch: the engine in this process, its report followed by the rules."""
+        def reporting(metrics: dict) -> None:
+            report(metrics)
+            self._check(job, Path(out_dir), int(metrics.get("epoch", -1)))
+        return engine(job, out_dir, reporting)
+
+    def _check(self, job, folder: Path, epoch: int) -> None:
+        stage = job.stage
+        for do, target, at, done in self.rules:
+            if epoch < at or not (stage.id == target or stage.id.startswith(f"{target}-")):
+                continue
+            if do == "nan":
+                raise NonFiniteLoss(f"non-finite loss nan at epoch {epoch} (injected)")
+            if done is not None and store.state(Path(job.out_root), done) != store.DONE:
+                continue
+            mark = folder / f".fault-{do}"
+            if mark.exists():
+                continue
+            mark.write_text(f"at epoch {epoch}\n")
+            if do == "kill-driver":
+                os.kill(self.driver, signal.SIGKILL)
+            elif do == "fill-disk":
+                _fill(Path(job.out_root) / "filler")
+            elif do == "sigkill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            elif self.serial:
+                raise WorkerCrashed()
+            else:
+                os._exit(3)
+
+
+def _fill(path: Path) -> None:
+    """Take every byte left on the disk of `path`."""
+    with path.open("wb") as f:
+        try:
+            while True:
+                f.write(bytes(1 << 20))
+                f.flush()
+        except OSError:
+            pass
+
+
+def make_backend(rules: str, name, *args, **kw):
+    """ablate.cli.make_backend with every stage run through Fault(rules)."""
+    return _real_make_backend(name, *args, launch=Fault(rules, serial=name is cli.BackendName.serial), **kw)
+
+
+_real_make_backend = cli.make_backend
+
+
+def install(monkeypatch, rules: str) -> None:
+    """For a test that runs the CLI in its own process (typer's CliRunner)."""
+    monkeypatch.setattr(cli, "make_backend", partial(make_backend, rules))
+
+
+if __name__ == "__main__":
+    cli.make_backend = partial(make_backend, sys.argv[1])
+    cli.app(sys.argv[2:], prog_name="ablate")
