@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.files import replacing
+
 LEASE = "lease.json"
 BEAT_S = 5.0
 STALE_S = 30.0
@@ -123,13 +125,8 @@ class Lease:
         found = holder(self.path.parent)
         if found is None or (found.host, found.pid) != (self.me.host, self.me.pid):
             return
-        tmp = self.path.with_name(f"{LEASE}.{self.me.pid}.tmp")
-        try:
+        with replacing(self.path, private=True) as tmp:  # a full disk: the old beat stays, whole
             tmp.write_bytes(self._record(time.time()))
-            os.replace(tmp, self.path)
-        except BaseException:  # a full disk: the old beat stays, and no half-written file
-            tmp.unlink(missing_ok=True)
-            raise
 
     def _start_heartbeat(self) -> None:
         if self._thread is not None:

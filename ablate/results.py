@@ -14,6 +14,7 @@ import pandas as pd
 
 from ablate import store
 from ablate.plan import ArmRun, Plan
+from core.files import replacing
 
 RESULTS, HISTORY, REPORT = "results.csv", "history.csv", "report"
 # Which metrics each stage contributes to its row, and under which column name.
@@ -129,13 +130,8 @@ def write_tables(plan: Plan, out_root: Path, study_dir: Path) -> tuple[pd.DataFr
     study_dir.mkdir(parents=True, exist_ok=True)
     results, history = results_table(plan, out_root), history_table(plan, out_root)
     for df, name in ((results, RESULTS), (history, HISTORY)):
-        tmp = study_dir / f".{name}.tmp"
-        try:
+        with replacing(study_dir / name) as tmp:  # a full disk leaves the previous table, never half of one
             df.to_csv(tmp, index=False)
-            tmp.replace(study_dir / name)
-        except BaseException:  # a full disk leaves the previous table, never half of one
-            tmp.unlink(missing_ok=True)
-            raise
     return results, history
 
 

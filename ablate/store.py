@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from core.files import write_text
+
 DONE, FAILED, PENDING, BLOCKED = "done", "failed", "pending", "blocked"  # blocked: a parent failed
 CONFIG, METRICS, RESULT, ERROR = "config.json", "metrics.jsonl", "result.json", "error.txt"
 WARNINGS = "warnings.jsonl"
@@ -48,20 +50,8 @@ def study_dir(out_root: Path, study_name: str) -> Path:
     return Path(out_root) / study_name
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace `path` by `text` in one rename; a failed write removes its temporary file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_json_atomic(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:
@@ -211,7 +201,7 @@ def error_line(out_root: Path, stage_id: str) -> str:
 
 def write_error(folder: Path, text: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(folder / ERROR, text if text.endswith("\n") else text + "\n")
+    write_text(folder / ERROR, text if text.endswith("\n") else text + "\n")
 
 
 def clear_error(folder: Path) -> None:

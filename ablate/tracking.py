@@ -21,7 +21,6 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any, Iterable, Iterator
 
 from ablate import lease, pictures, store
 from ablate.plan import Plan
+from core.files import replacing
 
 PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
 METRIC_BATCH = 1000
@@ -72,21 +72,18 @@ def _from_template(uri: str) -> None:
     if not template.is_file():
         from mlflow.tracking import MlflowClient
 
-        scratch = template.with_name(f"{template.name}.{os.getpid()}.tmp")
         try:
             template.parent.mkdir(parents=True, exist_ok=True)
-            scratch.unlink(missing_ok=True)
-            MlflowClient(tracking_uri=f"sqlite:///{scratch}").search_experiments()  # creates the tables
-            os.replace(scratch, template)
+            with replacing(template, private=True) as scratch:  # other drivers may make it at once
+                scratch.unlink(missing_ok=True)  # one a killed process of the same pid left
+                MlflowClient(tracking_uri=f"sqlite:///{scratch}").search_experiments()  # creates the tables
         except Exception:  # noqa: BLE001 - no cache here: MLflow creates the study's database itself
-            scratch.unlink(missing_ok=True)
             return
-    partial = target.with_name(f"{target.name}.tmp")
     try:
-        shutil.copyfile(template, partial)
-        os.replace(partial, target)
+        with replacing(target) as partial:
+            shutil.copyfile(template, partial)
     except OSError:  # a full disk, say: nothing half-written is left, and MLflow tries itself
-        partial.unlink(missing_ok=True)
+        pass
 
 
 def default_uri(study_dir: Path) -> str:

@@ -21,6 +21,7 @@ from typing import Any, Literal, Mapping
 import torch
 
 from core.errors import ConfigError, MissingFile
+from core.files import replacing, write_text
 
 LAST = "checkpoint-last.pth"
 PREVIOUS = "checkpoint-prev.pth"
@@ -40,30 +41,21 @@ def _sha256(path: Path) -> str:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to `path` via a temporary file and rename, with a checksum sidecar."""
+    """torch.save to `path` atomically (core/files.py), then its checksum sidecar. A crash between
+    the two leaves a checkpoint whose sidecar does not match: the resume skips it for the previous one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    side = path.with_name(path.name + ".sha256")
-    side_tmp = side.with_name(side.name + ".tmp")
-    try:
-        with tmp.open("wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        digest = _sha256(tmp)
-        os.replace(tmp, path)
-        side_tmp.write_text(digest + "\n")
-        os.replace(side_tmp, side)
-    except BaseException as e:  # a full disk leaves the previous files, never half of one
-        # torch's zip writer reports a failed write as RuntimeError('... unexpected pos ...'): named
-        # here, where it happens, for what it is when the disk is full (before the partial file
-        # is removed and frees some space)
-        full = isinstance(e, RuntimeError) and _disk_full(path.parent)
-        tmp.unlink(missing_ok=True)
-        side_tmp.unlink(missing_ok=True)
-        if full:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp)) from e
-        raise
+    with replacing(path, sync=True) as tmp:
+        try:
+            with tmp.open("wb") as f:
+                torch.save(obj, f)
+        except RuntimeError as e:
+            # torch's zip writer reports a failed write as RuntimeError('... unexpected pos ...'):
+            # named here for what it is when the disk is full (asked before the partial file is
+            # removed and frees some space)
+            if _disk_full(path.parent):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp)) from e
+            raise
+    write_text(path.with_name(path.name + ".sha256"), _sha256(path) + "\n")
 
 
 def _disk_full(folder: Path) -> bool:

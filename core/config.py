@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from core.errors import ConfigError
+
 
 class Frozen(BaseModel):
     # allow_inf_nan=False: an infinite lr or a NaN ratio is refused here, not found in a trial.
@@ -49,6 +51,27 @@ MaskSampling = Literal["random", "block", "grid"]
 def grid_ratios(grid: int) -> list[float]:
     """Ratios a regular lattice can honour on a grid x grid patch grid: keep one of every s*s for s dividing grid."""
     return [1.0 - 1.0 / (s * s) for s in range(2, grid + 1) if grid % s == 0]
+
+
+def lattice_stride(grid: int, ratio: float) -> int:
+    """The stride s of the regular lattice (one patch kept of every s*s) that masks `ratio` of a
+    grid x grid patch grid; ConfigError naming the ratios that can, when none does. The one check
+    behind the config's validation and grid masking itself (core/masking.py)."""
+    stride = next((s for s in range(2, grid + 1) if grid % s == 0 and math.isclose(ratio, 1.0 - 1.0 / (s * s))), None)
+    if stride is None:
+        valid = ", ".join(f"{r:.4g}" for r in grid_ratios(grid)) or "none"
+        raise ConfigError(f"grid masking cannot keep a regular lattice at mask_ratio {ratio} on a {grid}x{grid} "
+                          f"patch grid; valid ratios: {valid}")
+    return stride
+
+
+def check_channels(dataset: str, in_chans: int, channels: int | None = None) -> None:
+    """ConfigError unless a model of `in_chans` channels fits `dataset` (its `channels`, by default
+    as DATASET_CHANNELS says; `synthetic` follows the model). The one channel check of the configs
+    and of the data openers (core/data.py)."""
+    expected = DATASET_CHANNELS.get(dataset) if channels is None else channels
+    if expected is not None and in_chans != expected:
+        raise ConfigError(f"dataset {dataset!r} has {expected} channel(s) but model.in_chans is {in_chans}")
 Target = Literal["pixel", "norm_pixel", "pca", "token"]
 
 
@@ -100,11 +123,8 @@ class ModelConfig(Frozen):
                 raise ValueError(f"{name} {getattr(self, name)} must be divisible by 4 (2-D sin-cos table)")
         if self.target == "pca" and self.pca_components > self.patch_dim:
             raise ValueError(f"pca_components {self.pca_components} exceeds the patch dimension {self.patch_dim}")
-        ratios = grid_ratios(self.grid_size)
-        if self.mask_sampling == "grid" and not any(math.isclose(self.mask_ratio, r) for r in ratios):
-            raise ValueError(f"grid masking cannot keep a regular lattice at mask_ratio {self.mask_ratio} on a "
-                             f"{self.grid_size}x{self.grid_size} patch grid; valid ratios: "
-                             f"{', '.join(f'{r:.4g}' for r in ratios) or 'none'}")
+        if self.mask_sampling == "grid":
+            lattice_stride(self.grid_size, self.mask_ratio)
         return self
 
     @property
@@ -186,10 +206,7 @@ class PretrainJob(Frozen):
 
     @model_validator(mode="after")
     def _check_channels(self) -> PretrainJob:
-        expected = DATASET_CHANNELS.get(self.data.dataset)
-        if expected is not None and self.model.in_chans != expected:
-            raise ValueError(f"dataset {self.data.dataset!r} has {expected} channel(s) but model.in_chans is "
-                             f"{self.model.in_chans}")
+        check_channels(self.data.dataset, self.model.in_chans)
         return self
 
 

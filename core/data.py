@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets as tv_datasets
 
 from core.augment import get_augmentation, get_pil_transform
-from core.config import DataConfig
+from core.config import DataConfig, check_channels
 from core.data_files import CACHE_ROOT, FASHION_MNIST_FILES, FASHION_MNIST_ROOT
 from core.errors import ConfigError, DataError, MissingFile
 
@@ -446,19 +446,14 @@ def _root(cfg: DataConfig, default: str) -> Path:
     return Path(cfg.root if cfg.root is not None else default).expanduser()
 
 
-def _check_channels(name: str, channels: int, in_chans: int) -> None:
-    if in_chans != channels:
-        raise ConfigError(f"dataset {name!r} has {channels} channel(s) but in_chans is {in_chans}")
-
-
 def _open_fashion_mnist(cfg: DataConfig, img_size: int, in_chans: int) -> DataSource:
-    _check_channels("fashion_mnist", 1, in_chans)
+    check_channels("fashion_mnist", in_chans, 1)
     files = _load_fashion_mnist(_root(cfg, FASHION_MNIST_ROOT))
     return TensorSource("fashion_mnist", 10, img_size, cfg, files["train"], files["test"])
 
 
 def _open_cifar(cfg: DataConfig, img_size: int, in_chans: int) -> DataSource:
-    _check_channels(cfg.dataset, 3, in_chans)
+    check_channels(cfg.dataset, in_chans, 3)
     files = _load_cifar(cfg.dataset, _root(cfg, CACHE_ROOT))
     return TensorSource(cfg.dataset, CIFAR[cfg.dataset].num_classes, img_size, cfg, files["train"], files["test"])
 
@@ -470,7 +465,7 @@ def _open_synthetic(cfg: DataConfig, img_size: int, in_chans: int) -> DataSource
 
 
 def _open_imagefolder(cfg: DataConfig, img_size: int, in_chans: int) -> DataSource:
-    _check_channels("imagefolder", 3, in_chans)
+    check_channels("imagefolder", in_chans, 3)
     root = _root(cfg, f"{CACHE_ROOT}/imagenet")
     folders = {part: _image_folder(root / sub) for part, sub in (("train", "train"), ("test", "val"))}
     if folders["train"].classes != folders["test"].classes:

@@ -5,11 +5,12 @@ are named field overrides for smaller data, each scale change stated next to it.
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from core.config import DATASET_CHANNELS, MAX_EPOCHS, Augmentation, DataConfig, Frozen, ModelConfig, OptimConfig
+from core.config import (MAX_EPOCHS, Augmentation, DataConfig, Frozen, ModelConfig, OptimConfig,
+                         check_channels)
 
 Pool = Literal["cls", "avg"]
 
@@ -78,13 +79,6 @@ class FinetuneConfig(OptimConfig):
         return self
 
 
-def _check_channels(model: ModelConfig, data: DataConfig) -> None:
-    expected = DATASET_CHANNELS.get(data.dataset)
-    if expected is not None and model.in_chans != expected:
-        raise ValueError(f"dataset {data.dataset!r} has {expected} channel(s) but model.in_chans is "
-                         f"{model.in_chans}")
-
-
 class LinearProbeJob(Frozen):
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
@@ -92,7 +86,7 @@ class LinearProbeJob(Frozen):
 
     @model_validator(mode="after")
     def _check(self) -> LinearProbeJob:
-        _check_channels(self.model, self.data)
+        check_channels(self.data.dataset, self.model.in_chans)
         return self
 
 
@@ -103,7 +97,7 @@ class FinetuneJob(Frozen):
 
     @model_validator(mode="after")
     def _check(self) -> FinetuneJob:
-        _check_channels(self.model, self.data)
+        check_channels(self.data.dataset, self.model.in_chans)
         k = self.finetune.tune_blocks
         if k is not None and k > self.model.depth:
             raise ValueError(f"tune_blocks {k} exceeds the encoder depth {self.model.depth}")
@@ -111,38 +105,3 @@ class FinetuneJob(Frozen):
             raise ValueError(f"RandAugment works on 1- or 3-channel images, not {self.model.in_chans}; "
                              f"set rand_augment: null")
         return self
-
-
-# Named recipes: field overrides of LinearProbeConfig / FinetuneConfig.
-PROBE_PRESETS: dict[str, dict[str, Any]] = {
-    # The paper (ImageNet-1K): the config defaults, spelled out.
-    "paper_imagenet": dict(epochs=90, warmup_epochs=10, batch_size=16384, blr=0.1, weight_decay=0.0,
-                           pool="cls", augmentation="crop_random"),
-    # CIFAR (45k training images after the val split): batch 16384 -> 1024, since 16384 would be
-    # under 3 steps an epoch; lr follows the linear rule (blr unchanged); epochs and warmup kept.
-    "cifar": dict(epochs=90, warmup_epochs=10, batch_size=1024, blr=0.1, weight_decay=0.0,
-                  pool="cls", augmentation="crop_random"),
-    # Fashion-MNIST (54k training images): batch 16384 -> 1024 as for CIFAR; epochs 90 -> 50 and
-    # warmup 10 -> 5, since 28-px grey images saturate a linear head sooner.
-    "fashion_mnist": dict(epochs=50, warmup_epochs=5, batch_size=1024, blr=0.1, weight_decay=0.0,
-                          pool="cls", augmentation="crop_random"),
-}
-
-FINETUNE_PRESETS: dict[str, dict[str, Any]] = {
-    # The paper's ViT-L recipe (the config defaults, spelled out).
-    "paper_imagenet": dict(epochs=100, warmup_epochs=5, batch_size=1024, blr=1e-3, weight_decay=0.05,
-                           layer_decay=0.75, drop_path=0.1, mixup=0.8, cutmix=1.0, label_smoothing=0.1,
-                           rand_augment="rand-m9-mstd0.5-inc1", reprob=0.25, pool="avg"),
-    # CIFAR-10/100, ViT-T (the public reproduction in mae-reference.md section 4: 91.2% with layer
-    # decay 0.65 and mixup/cutmix): batch 1024 -> 256 (176 steps an epoch on 45k images; lr by the
-    # linear rule), layer decay 0.75 -> 0.65 (12 shallow blocks, as the release's ViT-B), the rest kept.
-    "cifar": dict(epochs=100, warmup_epochs=5, batch_size=256, blr=1e-3, weight_decay=0.05,
-                  layer_decay=0.65, drop_path=0.1, mixup=0.8, cutmix=1.0, label_smoothing=0.1,
-                  rand_augment="rand-m9-mstd0.5-inc1", reprob=0.25, pool="avg"),
-    # Fashion-MNIST, 4-block encoder: batch 1024 -> 256, epochs 100 -> 50 (small grey images converge
-    # sooner), layer decay kept at 0.75 (only 4 blocks: 0.75^4 = 0.32 at the patch embedding),
-    # RandAugment kept (its ops run on grey images; colour ops are no-ops there).
-    "fashion_mnist": dict(epochs=50, warmup_epochs=5, batch_size=256, blr=1e-3, weight_decay=0.05,
-                          layer_decay=0.75, drop_path=0.1, mixup=0.8, cutmix=1.0, label_smoothing=0.1,
-                          rand_augment="rand-m9-mstd0.5-inc1", reprob=0.25, pool="avg"),
-}

@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from core.config import grid_ratios
+from core.config import lattice_stride
 from core.errors import ConfigError
 
 MaskNoise = Callable[[int, int, float, torch.Generator | None, torch.device], torch.Tensor]
@@ -46,11 +46,7 @@ def random_noise(n: int, grid: int, ratio: float, generator: torch.Generator | N
 def grid_noise(n: int, grid: int, ratio: float, generator: torch.Generator | None,
                device: torch.device) -> torch.Tensor:
     """Keep a regular lattice of stride s (one patch of every s*s); its offset is random per sample."""
-    stride = next((s for s in range(2, grid + 1) if grid % s == 0 and math.isclose(ratio, 1.0 - 1.0 / (s * s))), None)
-    if stride is None:
-        valid = ", ".join(f"{r:.4g}" for r in grid_ratios(grid)) or "none"
-        raise ConfigError(f"grid masking cannot keep a regular lattice at mask_ratio {ratio} on a {grid}x{grid} "
-                         f"patch grid; valid ratios: {valid}")
+    stride = lattice_stride(grid, ratio)
     offsets = _randint(stride, (n, 2), generator, device)
     coords = torch.arange(grid, device=device)
     row_kept = (coords[None, :] - offsets[:, :1]) % stride == 0  # (N, g)

@@ -30,6 +30,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 from matplotlib.transforms import blended_transform_factory
 
+from core.files import replacing
 from dashboards import decide, paper
 from dashboards.tables import FAILED, PENDING, aggregate, blocks_top1, speedups, status_counts, varying_axes
 
@@ -52,9 +53,10 @@ def save_figure(fig: Figure, directory: Path | str, name: str) -> list[Path]:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = [directory / f"{name}.png", directory / f"{name}.svg"]
-    fig.savefig(paths[0], dpi=150)
-    with matplotlib.rc_context({"svg.fonttype": "none"}):  # text stays text in SVG: smaller, searchable
-        fig.savefig(paths[1])
+    with replacing(paths[0]) as tmp:
+        fig.savefig(tmp, dpi=150, format="png")
+    with matplotlib.rc_context({"svg.fonttype": "none"}), replacing(paths[1]) as tmp:  # text stays text in SVG
+        fig.savefig(tmp, format="svg")
     return paths
 
 

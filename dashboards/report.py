@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from core.files import write_text
 from dashboards.figures import get_figure, save_figure
 from dashboards.findings import Findings, study_findings
 from dashboards.recon import reconstruction_grid
@@ -257,8 +258,8 @@ def write_report(out_dir: Path | str, *, study: Mapping[str, Any], results: pd.D
         except Exception as exc:
             table_html.append(f'<section id="table-{name}"><h3>{name}</h3>{_error(name, exc)}</section>')
             continue
-        (table_dir / f"{name}.md").write_text(to_markdown(table))
-        (table_dir / f"{name}.html").write_text(to_html(table))
+        write_text(table_dir / f"{name}.md", to_markdown(table))
+        write_text(table_dir / f"{name}.html", to_html(table))
         table_html.append(f'<section id="table-{name}"><h3>{name}</h3>{to_html(table)}'
                           f'<p class="note"><a href="tables/{name}.md">Markdown</a> · '
                           f'<a href="tables/{name}.html">HTML</a></p></section>')
@@ -281,8 +282,8 @@ def write_report(out_dir: Path | str, *, study: Mapping[str, Any], results: pd.D
 
     findings = study_findings(results, study, table_fns)
     if findings is not None and len(findings.rows):
-        (table_dir / "findings.md").write_text(to_markdown(findings.rows))
-        findings.rows.to_csv(table_dir / "findings.csv", index=False)
+        write_text(table_dir / "findings.md", to_markdown(findings.rows))
+        write_text(table_dir / "findings.csv", findings.rows.to_csv(index=False))
 
     counts = status_counts(results)
     total = max(counts["total"], 1)
@@ -319,6 +320,4 @@ def write_report(out_dir: Path | str, *, study: Mapping[str, Any], results: pd.D
 {_mlflow_section(study, mlflow)}
 </body></html>
 """
-    report = out_dir / "report.html"
-    report.write_text(page, encoding="utf-8")
-    return report
+    return write_text(out_dir / "report.html", page)

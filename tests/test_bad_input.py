@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from ablate import store
 from ablate.cli import app
-from tests.test_study import TINY_PROFILE
+from tests.helpers import TINY_PROFILE
 
 GOOD = "name: s\nevaluations: [linear_probe]\n"
 
@@ -128,7 +128,7 @@ def _nothing_started(workdir: Path) -> None:
 
 
 def test_the_corpora_hold_at_least_thirty_cases():
-    from tests.test_study import BAD
+    from tests.helpers import BAD
 
     assert len(BAD) + len(STUDIES) + len(COMMANDS) >= 30
 

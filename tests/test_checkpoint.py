@@ -97,3 +97,28 @@ def test_encoder_export_gives_timm_the_same_features(tmp_path):
     noise = torch.arange(16.0).expand(3, -1)  # ratio 0: the MAE encoder sees every patch, in order
     latent = mae.eval().forward_encoder(imgs, 0.0, noise).latent
     torch.testing.assert_close(vit(imgs), latent[:, 0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_file_is_replaced_whole_or_not_at_all(tmp_path):
+    """core/files.py, the one atomic write every layer uses: a write that fails part-way (here: an
+    error after half the bytes) leaves the previous file as it was and no temporary file; one that
+    succeeds replaces it; a private temporary file is named after its process."""
+    import os
+
+    from core.files import replacing, write_text
+
+    path = tmp_path / "report.html"
+    write_text(path, "old")
+    with pytest.raises(OSError):
+        with replacing(path) as tmp:
+            tmp.write_text("half of the new")
+            raise OSError(28, "No space left on device")
+    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
+    with replacing(path, sync=True) as tmp:
+        tmp.write_text("new")
+        assert path.read_text() == "old"  # nothing visible until the block ends
+    assert path.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
+    with replacing(path, private=True) as tmp:
+        assert tmp.name == f"report.html.{os.getpid()}.tmp"
+        tmp.write_text("mine")
+    assert path.read_text() == "mine"

@@ -13,18 +13,10 @@ from ablate.cli import app
 from ablate.plan import plan
 from ablate.profiles import load_profile
 from ablate.study import load_study
+from tests.helpers import tiny_profile
 
 ROOT = Path(__file__).resolve().parents[1]
-PROFILE = """\
-description: tiny cli-test profile
-base:
-  model: {variant: vit_test}
-  data: {dataset: synthetic, synthetic_size: 64, num_workers: 0}
-  pretrain: {epochs: 2, warmup_epochs: 0, batch_size: 16, device: cpu}
-  linear_probe: {epochs: 1, warmup_epochs: 0, batch_size: 16, augmentation: none, device: cpu}
-  finetune: {epochs: 1, warmup_epochs: 0, batch_size: 16, device: cpu}
-throughput: {vit_test: 1000}
-"""
+PROFILE = tiny_profile("cli-test", threads=False, resources=False, throughput=True)
 STUDY = """\
 name: cli
 description: two ratios

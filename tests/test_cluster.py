@@ -20,18 +20,11 @@ import pandas as pd
 import pytest
 
 from ablate import ray_cluster
+from tests.helpers import tiny_profile
 
 pytestmark = pytest.mark.slow
 VENV_BIN = Path(sys.executable).parent
-PROFILE = """\
-description: tiny cluster-test profile
-base:
-  model: {variant: vit_test}
-  data: {dataset: synthetic, synthetic_size: 64, num_workers: 0}
-  pretrain: {epochs: 2, warmup_epochs: 0, batch_size: 16, device: cpu, threads: 1}
-  linear_probe: {epochs: 1, warmup_epochs: 0, batch_size: 16, augmentation: none, device: cpu, threads: 1}
-resources: {cpu: 1, gpu: 0}
-"""
+PROFILE = tiny_profile("cluster-test", finetune=False)
 STUDY = "name: tiny\naxes:\n  model.mask_ratio: [0.5, 0.75]\nevaluations: [linear_probe]\nfigures: []\n"
 
 

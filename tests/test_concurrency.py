@@ -14,6 +14,7 @@ import pytest
 
 from ablate import lease, store
 from ablate.lease import Lease
+from tests.helpers import tiny_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,15 +66,7 @@ def test_the_heartbeat_keeps_a_lease_alive(tmp_path):
     mine.release()
 
 
-PROFILE = """\
-description: tiny concurrency-test profile
-base:
-  model: {variant: vit_test}
-  data: {dataset: synthetic, synthetic_size: 64, num_workers: 0}
-  pretrain: {epochs: 3, warmup_epochs: 0, batch_size: 16, device: cpu, threads: 1}
-  linear_probe: {epochs: 2, warmup_epochs: 0, batch_size: 16, augmentation: none, device: cpu, threads: 1}
-resources: {cpu: 1, gpu: 0}
-"""
+PROFILE = tiny_profile("concurrency-test", pretrain_epochs=3, probe_epochs=2, finetune=False)
 STUDY = "name: shared\naxes:\n  model.mask_ratio: [0.5, 0.75]\nevaluations: [linear_probe]\nfigures: []\n"
 
 

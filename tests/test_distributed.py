@@ -8,7 +8,6 @@ carry the slow tests: 2 workers x accum 1 for 2 epochs (against 1 worker x accum
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -146,19 +145,7 @@ def test_a_workers_own_exception_is_raised_not_its_wrapper() -> None:
 
 # ---- under Ray Train: 2 CPU workers, gloo --------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    yield ray
-    if started:
-        ray.shutdown()
-
-
-def test_a_cluster_too_small_is_refused_before_anything_starts(ray_cluster, tmp_path: Path) -> None:
+def test_a_cluster_too_small_is_refused_before_anything_starts(ray_session, tmp_path: Path) -> None:
     with pytest.raises(ValueError) as info:
         run_data_parallel(pretrain, job(), tmp_path, workers=4, gpus_per_worker=1, report=None)
     assert str(info.value) == "trial needs 4 workers x 1 GPU; the cluster has 0 GPU"
@@ -207,7 +194,7 @@ class Stop(Exception):
 
 
 @pytest.fixture(scope="module")
-def two_workers(ray_cluster, tmp_path_factory) -> tuple[Path, list[dict], dict]:
+def two_workers(ray_session, tmp_path_factory) -> tuple[Path, list[dict], dict]:
     out = tmp_path_factory.mktemp("dp") / "w2-accum1"
     seen: list[dict] = []
     result = run_data_parallel(counting_engine(), job(accum=1), out, workers=2, gpus_per_worker=0, report=seen.append)
@@ -246,7 +233,7 @@ def test_two_workers_equal_one_worker_with_twice_the_accumulation(two_workers, o
 
 
 @pytest.fixture(scope="module")
-def stopped_two_workers(ray_cluster, tmp_path_factory) -> tuple[Path, list[dict]]:
+def stopped_two_workers(ray_session, tmp_path_factory) -> tuple[Path, list[dict]]:
     """2 workers x accum 2 on a 2-epoch job, stopped by the caller's report after epoch 0."""
     out = tmp_path_factory.mktemp("dp") / "resume"
     seen: list[dict] = []

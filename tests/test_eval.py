@@ -17,7 +17,7 @@ from PIL import Image, ImageOps
 from core.checkpoint import encoder_for_timm, load_latest
 from core.classifier import accuracy, build_classifier, topk_correct
 from core.config import DataConfig, ModelConfig
-from core.eval_config import (FINETUNE_PRESETS, PROBE_PRESETS, FinetuneConfig, FinetuneJob, LinearProbeConfig,
+from core.eval_config import (FinetuneConfig, FinetuneJob, LinearProbeConfig,
                               LinearProbeJob)
 from core.finetune import RandAugmentBatch, _posterize_any_bits, build_finetune_model, finetune, param_groups
 from core.lars import LARS
@@ -316,12 +316,17 @@ def test_posterize_keeping_no_bits_gives_black():
 
 # ---- configs ---------------------------------------------------------------------------------------
 
-def test_presets_and_config_checks():
-    for preset in PROBE_PRESETS.values():
-        LinearProbeConfig(**preset)
-    for preset in FINETUNE_PRESETS.values():
-        FinetuneConfig(**preset)
-    assert LinearProbeConfig() == LinearProbeConfig(**PROBE_PRESETS["paper_imagenet"])
+# The paper's recipes (ImageNet-1K, ViT-L; mae-reference.md), which the configs' defaults are.
+PAPER_PROBE = dict(epochs=90, warmup_epochs=10, batch_size=16384, blr=0.1, weight_decay=0.0, pool="cls",
+                   augmentation="crop_random")
+PAPER_FINETUNE = dict(epochs=100, warmup_epochs=5, batch_size=1024, blr=1e-3, weight_decay=0.05, layer_decay=0.75,
+                      drop_path=0.1, mixup=0.8, cutmix=1.0, label_smoothing=0.1, rand_augment="rand-m9-mstd0.5-inc1",
+                      reprob=0.25, pool="avg")
+
+
+def test_paper_recipes_are_the_defaults_and_config_checks():
+    assert LinearProbeConfig() == LinearProbeConfig(**PAPER_PROBE)
+    assert FinetuneConfig() == FinetuneConfig(**PAPER_FINETUNE)
     with pytest.raises(ValueError, match="tune_blocks"):
         FinetuneConfig(tune_blocks=0.3)
     with pytest.raises(ValueError, match="depth"):

@@ -28,7 +28,7 @@ from ablate import store
 from ablate.cli import app
 from ablate.stages import run_stage
 from tests import faults
-from tests.test_runner import PROFILE, mlflow_runs, ray_session, run, stamps, the_plan  # noqa: F401 - fixture
+from tests.helpers import PROFILE, mlflow_runs, run, stamps, the_plan
 
 pytestmark = pytest.mark.slow
 

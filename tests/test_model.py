@@ -7,9 +7,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from core.config import ModelConfig
+from core.config import ModelConfig, grid_ratios
 from core.device import attention_layers, choose_attention
-from core.masking import grid_ratios, len_keep
+from core.masking import len_keep
 from core.model import MaskedAutoencoder
 from core.pos_embed import sincos_2d
 

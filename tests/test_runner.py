@@ -1,13 +1,12 @@
 """Contract suite for an execution backend: a two-arm study, a crashed worker, a rerun, a failing stage.
 
-Real Ray (local, started once for the module), real MLflow (sqlite under tmp_path), real core
+Real Ray (local, started once for the module: tests/conftest.py), real MLflow (sqlite under tmp_path), real core
 functions on the test-sized model and synthetic data. Each backend must pass the same tests;
 `BACKENDS` lists them: Ray and the in-process serial one.
 """
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import pandas as pd
@@ -16,24 +15,11 @@ from typer.testing import CliRunner
 
 from ablate import store
 from ablate.cli import app
-from ablate.plan import plan
-from ablate.profiles import load_profile
-from ablate.study import load_study
 from tests import faults
+from tests.helpers import PROFILE, mlflow_client, mlflow_runs, run, stamps, the_plan
 
 pytestmark = pytest.mark.slow
 
-PROFILE = """\
-description: tiny contract-test profile
-base:
-  model: {variant: vit_test}
-  data: {dataset: synthetic, synthetic_size: 64, num_workers: 0}
-  pretrain: {epochs: 2, warmup_epochs: 0, batch_size: 16, device: cpu, threads: 1}
-  linear_probe: {epochs: 1, warmup_epochs: 0, batch_size: 16, augmentation: none, device: cpu, threads: 1}
-  finetune: {epochs: 1, warmup_epochs: 0, batch_size: 16, mixup: 0, cutmix: 0, rand_augment: null, reprob: 0,
-             drop_path: 0, device: cpu, threads: 1}
-resources: {cpu: 1, gpu: 0}
-"""
 TWO_ARMS = """\
 name: {name}
 axes:
@@ -42,16 +28,6 @@ evaluations: {evaluations}
 figures: [loss_curves]
 """
 BACKENDS = ["ray", "serial"]
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    """One local Ray for the module (start-up costs seconds); the backend joins it."""
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(params=BACKENDS)
@@ -72,40 +48,6 @@ def write_study(project: Path, name: str, evaluations: str = "[linear_probe]", t
     path = project / f"{name}.yaml"
     path.write_text(text.format(name=name, evaluations=evaluations))
     return path
-
-
-def run(project: Path, study: Path, *extra: str, backend: str = "ray"):
-    result = CliRunner().invoke(app, ["run", str(study), "--profile", "tiny", "--out", str(project / "runs"),
-                                      "--backend", backend, *extra])
-    assert "Traceback" not in result.output, result.output
-    return result
-
-
-def the_plan(study: Path):
-    s = load_study(study)
-    return plan(s, load_profile("tiny", s.source))
-
-
-def mlflow_client(project: Path, name: str):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(f"sqlite:///{project / 'runs' / name / 'mlflow.db'}")
-
-
-def mlflow_runs(project: Path, name: str) -> list[dict]:
-    client = mlflow_client(project, name)
-    experiment = client.get_experiment_by_name(name)
-    return [{"id": r.info.run_id, "status": r.info.status, **r.data.tags, "params": r.data.params,
-             "metrics": r.data.metrics} for r in client.search_runs([experiment.experiment_id], max_results=1000)]
-
-
-def stamps(project: Path, stage_ids) -> dict[str, tuple]:
-    out = {}
-    for sid in stage_ids:
-        folder = store.stage_dir(project / "runs", sid)
-        out[sid] = ((folder / store.RESULT).stat().st_mtime_ns, (folder / store.CONFIG).stat().st_mtime_ns,
-                    (folder / "stage.json").read_text())
-    return out
 
 
 def test_two_arm_study_then_rerun_changes_nothing(project, backend):

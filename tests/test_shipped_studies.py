@@ -119,7 +119,7 @@ def test_the_studies_share_the_quickstart_arm_and_add_only_their_own_stages(tmp_
     from typer.testing import CliRunner
 
     from ablate.cli import app
-    from tests.test_runner import PROFILE
+    from tests.helpers import PROFILE
 
     tiny = tmp_path / "tiny.yaml"
     tiny.write_text(PROFILE)

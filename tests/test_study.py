@@ -13,19 +13,12 @@ from ablate.errors import StudyError
 from ablate.plan import plan
 from ablate.profiles import BUILTIN_DIR, available_profiles, load_profile
 from ablate.study import load_study, parse_study
+from tests.helpers import BAD, TINY_PROFILE
 
 STUDIES = sorted(Path(__file__).resolve().parents[1].joinpath("studies").glob("*.yaml"))
 PROFILES = sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml"))
 
-TINY_PROFILE = """\
-description: tiny test profile
-base:
-  model: {variant: vit_test}
-  data: {dataset: synthetic, synthetic_size: 64, num_workers: 0}
-  pretrain: {epochs: 1, warmup_epochs: 0, batch_size: 16, device: cpu}
-  linear_probe: {epochs: 1, warmup_epochs: 0, batch_size: 16, augmentation: none, device: cpu}
-  finetune: {epochs: 1, warmup_epochs: 0, batch_size: 16, device: cpu}
-"""
+
 
 
 def test_shipped_files_exist():
@@ -70,44 +63,6 @@ axes:
 evaluations: [linear_probe]
 """
 
-BAD = {
-    # name: (file text, what the one line must contain)
-    "unknown top-level key": ("name: s\nevaluatons: [finetune]\n", ["evaluatons", "unknown key", "allowed:"]),
-    "unknown config key": ("name: s\nbase:\n  model: {mask_rate: 0.5}\n", ["base.model.mask_rate", "unknown key"]),
-    "wrong type": ("name: s\nbase:\n  pretrain: {epochs: many}\n", ["base.pretrain.epochs", "integer"]),
-    "mask ratio out of range": ("name: s\nbase:\n  model: {mask_ratio: 1.5}\n", ["base.model.mask_ratio", "less than 1"]),
-    "axis value out of range": ("name: s\naxes:\n  model.mask_ratio: [0.5, 1.5]\n",
-                                ["axes.model.mask_ratio[1]", "less than 1", "1.5"]),
-    "axis over a missing key": ("name: s\naxes:\n  model.mask_rate: [0.5]\n", ["axes.model.mask_rate", "unknown key",
-                                                                             "mask_ratio"]),
-    "axis over a missing section": ("name: s\naxes:\n  optim.lr: [0.1]\n", ["axes.optim.lr", "unknown section"]),
-    "unknown evaluation": ("name: s\nevaluations: [knn]\n", ["evaluations[0]", "linear_probe"]),
-    "unknown figure": ("name: s\nfigures: [fig99]\n", ["figures[0]", "fig99", "fig5_mask_ratio"]),
-    "unknown table": ("name: s\ntables: [table9]\n", ["tables[0]", "table9"]),
-    "yaml syntax error": ("name: s\naxes: [1, 2\n", ["line", "YAML syntax error"]),
-    "empty file": ("", ["empty"]),
-    "not a mapping": ("- 1\n- 2\n", ["mapping"]),
-    "indivisible image and patch": ("name: s\nbase:\n  model: {img_size: 30, patch_size: 8}\n",
-                                    ["not divisible by patch_size"]),
-    "heads do not divide width": ("name: s\naxes:\n  model.num_heads: [2, 3]\n", ["divisible by num_heads", "arm"]),
-    "python object tag": ("name: s\ndescription: !!python/object/apply:os.system ['true']\n", ["YAML"]),
-    "import target key": ("name: s\nbase:\n  model: {_target_: os.system}\n", ["_target_", "unknown key"]),
-    "duplicate key": ("name: s\nname: t\n", ["duplicate key"]),
-    "zip lengths differ": ("name: s\nzip:\n  model.mask_ratio: [0.5, 0.75]\n  pretrain.epochs: [1]\n",
-                           ["zip", "same length"]),
-    "bad study name": ("name: ../escape\n", ["name", "pattern"]),
-    "tune_blocks deeper than model": ("name: s\nevaluations: [partial_finetune]\n"
-                                      "partial_finetune: {blocks: [1, 5]}\n", ["tune_blocks 5.0 exceeds the encoder depth 2", "arm 'tune_blocks=5'"]),
-    "partial_finetune without its blocks": ("name: s\nevaluations: [partial_finetune]\n", ["partial_finetune"]),
-    "search on the test metric": ("name: s\nevaluations: [finetune]\nsearch: {param: finetune.blr, low: 1.0e-4, "
-                                  "high: 1.0e-3, log: true, metric: ft_top1}\n", ["search.metric", "ft_val_top1"]),
-    "seed not an integer": ("name: s\nseeds: [zero]\n", ["seeds[0]", "integer"]),
-    "profile overlay on a key that is no axis": ("name: s\naxes:\n  model.mask_ratio: [0.5]\nprofiles:\n  tiny: "
-                                                 "{axes: {model.depth: [2]}}\n",
-                                                 ["profiles.tiny.axes.model.depth", "not an axis", "model.mask_ratio"]),
-    "profile overlay breaks the config": ("name: s\nprofiles:\n  tiny: {base: {model: {img_size: 30}}}\n",
-                                          ["not divisible by patch_size"]),
-}
 
 
 def _invoke(args: list[str]):

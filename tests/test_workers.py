@@ -10,7 +10,6 @@ with exit status 2 before anything waits.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from pathlib import Path
 
@@ -27,13 +26,13 @@ from ablate.plan import plan, stage_id
 from ablate.profiles import load_profile, parse_profile
 from ablate.stages import run_stage
 from ablate.study import Resources, load_study, parse_study
-from tests.test_runner import PROFILE as RUNNER_PROFILE
+from tests.helpers import tiny_profile as profile_text
 
 ROOT = Path(__file__).resolve().parents[1]
 # Importing ray.train warns about Ray Data settings we never use.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
 
-PROFILE = RUNNER_PROFILE + "throughput: {vit_test: 1000}\n"  # the runner tests' profile, with a time estimate
+PROFILE = profile_text("contract-test", throughput=True)  # the runner tests' profile, with a time estimate
 # 58 training images (64 less a 10% val carve): 3 micro-batches of 16 an epoch, so both studies
 # take one optimizer step of 32 images an epoch (2 workers x 16, or 1 worker x 16 x accum 2).
 TWO_WORKERS = """\
@@ -278,18 +277,6 @@ def test_partial_finetune_of_a_batchnorm_head_trains_the_same_on_two_workers(fin
 
 
 # ---- a study through `ablate run`, real local Ray and MLflow -------------------------------------
-
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    yield
-    if started:
-        ray.shutdown()
-
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
