@@ -243,7 +243,8 @@ def make_backend(name: BackendName, address: str | None, max_concurrent: int | N
 def status(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT_OUT,
            seeds: SeedsOpt = None) -> None:
     """Per-stage state from the stage store: done (and from which numerics version), failed (with the
-    error), blocked or pending; where each ran; the store's size and what `ablate clean` frees."""
+    error), blocked or pending; where each ran; this study's and the whole store's size, and what
+    `ablate clean` frees of each."""
     from ablate.views import status_table
 
     p = load(study, profile, out, seeds=seeds)
@@ -308,7 +309,7 @@ def clean(out: OutOpt = store.DEFAULT_OUT,
     from ablate.views import human_bytes
 
     files = store.resume_files(out)
-    size = sum(p.stat().st_size for p in files)
+    size = sum(p.stat().st_size for p in files)  # before they go
     stages = len({p.parent for p in files})
     if not dry_run:
         for path in files:

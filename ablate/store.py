@@ -165,22 +165,30 @@ def set_aside(out_root: Path, stage_id: str) -> Path:
 RESUME_FILES = ("checkpoint-last.pth", "checkpoint-prev.pth")  # with their .sha256: only a resume reads them
 
 
-def resume_files(out_root: Path) -> list[Path]:
-    """The resume checkpoints of finished stages: nothing reads them again (children read the
-    parent's encoder.pth; a done stage is never resumed), and they are most of the store."""
-    out = []
+def _folders(out_root: Path, stage_ids: Iterable[str] | None) -> list[Path]:
+    """The stage folders under the output root, or those of `stage_ids` that exist."""
+    if stage_ids is not None:
+        return [f for f in (stage_dir(out_root, sid) for sid in stage_ids) if f.is_dir()]
     root = stages_root(out_root)
-    for folder in sorted(root.iterdir()) if root.is_dir() else []:
-        if folder.is_dir() and (folder / RESULT).is_file():
-            out += [folder / f"{n}{ext}" for n in RESUME_FILES for ext in ("", ".sha256") if (folder / f"{n}{ext}").is_file()]
-    return out
+    return sorted(f for f in root.iterdir() if f.is_dir()) if root.is_dir() else []
 
 
-def disk_usage(out_root: Path) -> tuple[int, int]:
-    """(stage folders, bytes) under the output root's stage store."""
-    root = stages_root(out_root)
-    folders = [f for f in root.iterdir() if f.is_dir()] if root.is_dir() else []
-    return len(folders), sum(p.stat().st_size for f in folders for p in f.rglob("*") if p.is_file())
+def resume_files(out_root: Path, stage_ids: Iterable[str] | None = None) -> list[Path]:
+    """The resume checkpoints of finished stages (all, or of `stage_ids`): nothing reads them again
+    (children read the parent's encoder.pth; a done stage is never resumed), and they are most of
+    the store."""
+    return [folder / f"{n}{ext}" for folder in _folders(out_root, stage_ids) if (folder / RESULT).is_file()
+            for n in RESUME_FILES for ext in ("", ".sha256") if (folder / f"{n}{ext}").is_file()]
+
+
+def disk_usage(out_root: Path, stage_ids: Iterable[str] | None = None) -> tuple[int, int, int]:
+    """(stage folders, bytes, bytes of resume files `ablate clean` would free) of the whole stage
+    store, or of the folders of `stage_ids` (one study's share: a stage shared by studies counts
+    in each)."""
+    folders = _folders(out_root, stage_ids)
+    size = sum(p.stat().st_size for f in folders for p in f.rglob("*") if p.is_file())
+    ids = None if stage_ids is None else [f.name for f in folders]
+    return len(folders), size, sum(p.stat().st_size for p in resume_files(out_root, ids))
 
 
 def result(out_root: Path, stage_id: str) -> dict[str, Any] | None:

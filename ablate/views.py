@@ -122,7 +122,7 @@ def status_table(plan: Plan, out_root: Path, console: Console) -> None:
     counts = {s: list(states.values()).count(s) for s in (store.DONE, store.FAILED, store.BLOCKED, store.PENDING)}
     console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + f" of {len(states)} stages "
                   f"(store: {store.stages_root(out_root)})")
-    console.print(store_line(out_root))
+    console.print(store_line(out_root, plan))
     if stale:
         console.print(stale_line(stale))
 
@@ -135,12 +135,14 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def store_line(out_root: Path) -> str:
-    """How much the whole store holds (every study under this output root) and what `ablate clean` frees."""
-    folders, size = store.disk_usage(out_root)
-    freeable = sum(p.stat().st_size for p in store.resume_files(out_root))
-    return (f"store size: {human_bytes(size)} in {folders} stage folders; resume checkpoints of finished stages: "
-            f"{human_bytes(freeable)} (`ablate clean --out {out_root}` removes them)")
+def store_line(out_root: Path, plan: Plan) -> str:
+    """What this study's stages hold on disk, what the whole store holds (every study under this
+    output root), and what `ablate clean` frees of each."""
+    mine, mine_size, mine_free = store.disk_usage(out_root, plan.stages)
+    folders, size, freeable = store.disk_usage(out_root)
+    return (f"store size: {plan.study.name} {human_bytes(mine_size)} in {mine} stage folders (resume checkpoints "
+            f"of its finished stages {human_bytes(mine_free)}); the whole store {human_bytes(size)} in {folders} "
+            f"(resume checkpoints {human_bytes(freeable)}; `ablate clean --out {out_root}` removes them)")
 
 
 def stale_line(stale: dict[str, int]) -> str:

@@ -325,7 +325,15 @@ def test_clean_frees_the_resume_checkpoints_of_finished_stages_only(project):
     freed = sum(c.stat().st_size for c in finished) + sum(c.with_name(c.name + ".sha256").stat().st_size
                                                           for c in finished)
     status = CliRunner().invoke(app, ["status", str(study), "--out", str(out)])
-    assert "store size:" in status.stdout and "`ablate clean --out" in status.stdout
+    # The study's share of the store (its stage folders) and the whole store (also the unfinished
+    # stage of no study here), each with what `ablate clean` would free.
+    from ablate.views import human_bytes
+    mine = sum(f.stat().st_size for sid in p.stages for f in store.stage_dir(out, sid).rglob("*") if f.is_file())
+    whole = mine + 100
+    said = " ".join(status.stdout.split())
+    assert (f"store size: tidy {human_bytes(mine)} in {len(p.stages)} stage folders (resume checkpoints of its "
+            f"finished stages {human_bytes(freed)}); the whole store {human_bytes(whole)} in {len(p.stages) + 1}") in said, said
+    assert "`ablate clean --out" in said
     results = {sid: store.result(out, sid) for sid in p.stages}
 
     dry = CliRunner().invoke(app, ["clean", "--out", str(out), "--dry-run"])
@@ -333,7 +341,6 @@ def test_clean_frees_the_resume_checkpoints_of_finished_stages_only(project):
     assert f"would remove {2 * len(finished)} resume files of {len(p.stages)} finished stages" in dry.stdout
     done = CliRunner().invoke(app, ["clean", "--out", str(out)])
     assert done.exit_code == 0, done.output
-    from ablate.views import human_bytes
     assert human_bytes(freed) in done.stdout
     assert sorted(store.stages_root(out).glob("*/checkpoint-*.pth")) == [unfinished / "checkpoint-last.pth"]
     assert {sid: store.result(out, sid) for sid in p.stages} == results
