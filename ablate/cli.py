@@ -176,6 +176,12 @@ def run(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT
                                                           "local Ray, or --address); serial: one after another in "
                                                           "this process, without Ray (a breakpoint in core/ stops "
                                                           "here; no data-parallel stages).")] = BackendName.ray,
+        tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="Log to this MLflow tracking "
+                                                            "server (http://host:5000) or database (sqlite:///path, "
+                                                            "any SQLAlchemy URL) instead of the study's tracking.uri "
+                                                            "or a sqlite file in the study folder; keep sqlite on "
+                                                            "the driver's local disk, never on a network mount.",
+                                                            show_default=False)] = None,
         ) -> None:
     """Run a study (or resume it: finished stages are skipped), tracked in MLflow, then draw its report."""
     from ablate.runner import run_study
@@ -197,11 +203,11 @@ def run(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT
         console.print(line)
     try:
         outcome = run_study(p, out, backend=make_backend(backend, address, max_concurrent, console.print),
-                            rerun_failed=rerun_failed, console=console)
+                            rerun_failed=rerun_failed, console=console, tracking_uri=tracking_uri)
     except CannotRun as e:
         typer.echo(f"cannot run {p.study.name}: {e}", err=True)
         raise typer.Exit(e.exit_code) from None
-    code = outcome_summary(p, outcome, console, resume=_resume_command(study, profile, out, seeds))
+    code = outcome_summary(p, outcome, console, resume=_resume_command(study, profile, out, seeds, tracking_uri))
     raise typer.Exit(EXIT_INTERRUPTED if outcome.interrupted else code)
 
 
@@ -258,19 +264,28 @@ def ui(study: StudyArg, out: OutOpt = store.DEFAULT_OUT,
     """Open the study's MLflow UI (mlflow ui on 127.0.0.1)."""
     with bad_input():
         s = load_study(study)
-    if s.tracking.uri and not s.tracking.uri.startswith("sqlite:"):
-        typer.echo(f"{s.name} is tracked on {s.tracking.uri}; open that server's UI.")
+    from ablate.runner import last_run
+
+    tracked = last_run(store.study_dir(out, s.name)).get("mlflow") or {}
+    uri = tracked.get("tracking_uri") or s.tracking.uri  # where its last run logged (--tracking-uri), else the file's
+    if uri and uri.startswith(("http://", "https://")):
+        where = f"{uri.rstrip('/')}/#/experiments/{tracked['experiment_id']}" if tracked.get("experiment_id") else uri
+        typer.echo(f"{s.name} is tracked on the MLflow server {uri}; open {where}")
         return
-    db = (store.study_dir(out, s.name) / "mlflow.db").resolve()
+    if uri and uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///")).resolve()
+    elif uri:
+        typer.echo(f"{s.name} is tracked in {uri}; run `mlflow ui --backend-store-uri {uri}`")
+        return
+    else:
+        db = (store.study_dir(out, s.name) / "mlflow.db").resolve()
     if not db.is_file():
         typer.echo(f"no MLflow database at {db}; run the study first: ablate run {study}", err=True)
         raise typer.Exit(EXIT_FAILED)
     mlflow = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
     command = [mlflow, "ui", "--backend-store-uri", f"sqlite:///{db}", "--host", "127.0.0.1", "--port", str(port)]
     typer.echo(f"MLflow UI for {s.name} on http://127.0.0.1:{port} (Ctrl-C to stop): {' '.join(command)}")
-    from ablate.runner import last_run
-
-    experiment_id = (last_run(store.study_dir(out, s.name)).get("mlflow") or {}).get("experiment_id")
+    experiment_id = tracked.get("experiment_id")
     if experiment_id is not None:
         typer.echo(f"study experiment: http://127.0.0.1:{port}/#/experiments/{experiment_id}")
     typer.echo("to compare stages: search `tags.stage = 'linear_probe'` (or finetune, pretrain), select the runs and "
@@ -319,7 +334,8 @@ def clean(out: OutOpt = store.DEFAULT_OUT,
                f"{human_bytes(size)}")
 
 
-def _resume_command(study: Path, profile: str | None, out: Path, seeds: int | None = None) -> str:
+def _resume_command(study: Path, profile: str | None, out: Path, seeds: int | None = None,
+                    tracking_uri: str | None = None) -> str:
     parts = ["ablate", "run", str(study)]
     if profile is not None:
         parts += ["--profile", profile]
@@ -327,6 +343,8 @@ def _resume_command(study: Path, profile: str | None, out: Path, seeds: int | No
         parts += ["--seeds", str(seeds)]
     if Path(out) != store.DEFAULT_OUT:
         parts += ["--out", str(out)]
+    if tracking_uri is not None:
+        parts += ["--tracking-uri", tracking_uri]
     return " ".join(parts)
 
 

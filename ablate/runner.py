@@ -50,17 +50,18 @@ def current_states(plan: Plan, out_root: Path) -> dict[str, str]:
     return store.states(out_root, plan.stages, {s.id: s.parent for s in plan.stages.values()})
 
 
-def run_study(plan: Plan, out_root: Path, *, backend: Backend,
-              rerun_failed: bool = False, console: Console | None = None) -> Outcome:
+def run_study(plan: Plan, out_root: Path, *, backend: Backend, rerun_failed: bool = False,
+              console: Console | None = None, tracking_uri: str | None = None) -> Outcome:
     """Run the plan's runnable stages wave by wave, then write tables and the report.
 
     A full or read-only disk (store.STORAGE_ERRNOS) stops the study with CannotRun, one line:
     every file is written atomically, so finished stages are kept, the others stay pending with
-    their last good checkpoint, and the same command resumes once there is space.
+    their last good checkpoint, and the same command resumes once there is space. `tracking_uri`
+    (an MLflow server or database) replaces the study's own (a sqlite file in its folder by default).
     """
     try:
         return _run_study(plan, Path(out_root), backend=backend, rerun_failed=rerun_failed,
-                          console=console or Console())
+                          console=console or Console(), tracking_uri=tracking_uri)
     except CannotRun:
         raise
     except Exception as e:
@@ -77,12 +78,12 @@ def storage_message(error: OSError, out_root: Path) -> str:
 
 
 def _run_study(plan: Plan, out_root: Path, *, backend: Backend, rerun_failed: bool,
-               console: Console) -> Outcome:
+               console: Console, tracking_uri: str | None) -> Outcome:
     study_dir = store.study_dir(out_root, plan.study.name)
     states = current_states(plan, out_root)
     # a trial the cluster can never place is refused before the study folder or its MLflow run exist
     backend.admit(runnable(plan, states), plan.resources, out_root)
-    tracker = StudyTracker(plan, out_root, study_dir)
+    tracker = StudyTracker(plan, out_root, study_dir, uri=tracking_uri)
     try:
         tracker.open()  # the database exists before any trial starts; nothing is created if it cannot be opened
     except Exception as e:  # noqa: BLE001 - any store error: say where, in one line

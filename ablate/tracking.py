@@ -86,6 +86,19 @@ def _from_template(uri: str) -> None:
         pass
 
 
+def _reachable(uri: str, timeout_s: float = 10.0) -> None:
+    """Raise, in one line, when nothing answers as an MLflow server at `uri` (its /health): MLflow's
+    own client retries a refused connection for minutes before it says so."""
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout_s).raise_for_status()
+    except requests.RequestException as e:
+        raise ConnectionError(f"no MLflow server answers there ({type(e).__name__}); start one "
+                              f"(mlflow server --host <host> --port <port>) or leave --tracking-uri out "
+                              f"for a database in the study folder") from None
+
+
 def default_uri(study_dir: Path) -> str:
     return f"sqlite:///{(Path(study_dir) / 'mlflow.db').resolve()}"
 
@@ -118,7 +131,8 @@ class StudyTracker:
         from mlflow.tracking import MlflowClient
 
         _quiet()
-
+        if self.uri.startswith(("http://", "https://")):
+            _reachable(self.uri)
         if self.uri.startswith("sqlite:"):  # the database lives in the study's folder
             self.study_dir.mkdir(parents=True, exist_ok=True)
         name = self.plan.study.name

@@ -46,7 +46,8 @@ def test_help_lists_every_command():
     for command in ("validate", "plan", "run", "status", "ui", "report", "clean"):
         assert command in result.stdout
     run_help = invoke("run", "--help").stdout
-    for option in ("--profile", "--out", "--address", "--rerun-failed", "--max-concurrent", "--backend"):
+    for option in ("--profile", "--out", "--address", "--rerun-failed", "--max-concurrent", "--backend",
+                   "--tracking-uri"):
         assert option in run_help
 
 
@@ -97,6 +98,43 @@ def test_ui_needs_a_database_then_runs_mlflow_on_localhost(project, monkeypatch)
     assert command[1:3] == ["ui", "--backend-store-uri"]
     assert command[3] == f"sqlite:///{(project / 'runs' / 'cli' / 'mlflow.db').resolve()}"
     assert command[4:] == ["--host", "127.0.0.1", "--port", "5055"]
+
+
+def test_tracking_uri_logs_elsewhere_and_a_dead_server_is_one_line(project, monkeypatch):
+    """--tracking-uri: the runs go to that database (here a sqlite file outside the output root, as
+    on a cluster whose output root is a network mount), none to the study folder; the resume line
+    and `ablate ui` keep it. A server that does not answer is one line, at once, not MLflow's
+    minutes of retries."""
+    import socket
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    (project / "one.yaml").write_text("name: one\nevaluations: []\nfigures: []\n")
+    central = project / "local-disk" / "central.db"
+    central.parent.mkdir()
+    uri = f"sqlite:///{central}"
+    result = invoke("run", "one.yaml", "--profile", "tiny", "--backend", "serial", "--tracking-uri", uri)
+    assert result.exit_code == 0, result.output
+    assert not (project / "runs" / "one" / "mlflow.db").exists() and central.is_file()
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("one").experiment_id])
+    assert sorted(r.data.tags["role"] for r in runs) == ["stage", "study"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    calls = []
+    monkeypatch.setattr("subprocess.run", lambda command, check: calls.append(command))
+    assert invoke("ui", "one.yaml").exit_code == 0 and calls[0][3] == f"sqlite:///{central.resolve()}"
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    started = time.monotonic()
+    dead = invoke("run", "one.yaml", "--profile", "tiny", "--backend", "serial", "--tracking-uri",
+                  f"http://127.0.0.1:{port}")
+    assert dead.exit_code == 1 and time.monotonic() - started < 30, dead.output
+    lines = dead.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"cannot run one: tracking store http://127.0.0.1:{port}"), dead.stderr
+    assert "no MLflow server answers there" in lines[0] and "Traceback" not in dead.output
 
 
 def test_report_rebuilds_tables_from_the_store(project):
