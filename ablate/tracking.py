@@ -230,6 +230,7 @@ class StudyTracker:
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), PARAM_BATCH):
             self.client.log_batch(run_id, params=items[i:i + PARAM_BATCH])
+        self.client.log_inputs(run_id, datasets=[dataset_input(stage)])
         self.children[stage_id] = run_id
         return run_id
 
@@ -401,6 +402,32 @@ class StudyTracker:
                 run_ids.setdefault(run.arm, {})[str(run.seed)] = run_id
         return {"tracking_uri": self.uri, "experiment_id": self.experiment_id, "parent_run_id": self.parent_id,
                 "experiment_name": self.plan.study.name, "run_ids": run_ids}
+
+
+def dataset_input(stage) -> Any:
+    """The stage's data as an MLflow dataset input (the run page's "Datasets used"): the dataset's
+    name; where it is read from (a folder, or the generator of synthetic data); a digest of what the
+    stage takes from it (its data config: two stages with the same digest read the same images);
+    the sizes of the splits it reads as its profile; the stage kind as context."""
+    import hashlib
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    from core.data_files import carve, data_root, test_file_images, train_file_images
+
+    data = stage.config["data"]
+    name, root, size = data["dataset"], data.get("root"), data.get("synthetic_size", 0)
+    where = data_root(name, root)
+    source_type, source = (("local", {"uri": str(where.resolve())}) if where is not None
+                           else ("code", {"tags": {"generator": "core.data.SyntheticSource", "synthetic_size": size}}))
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    total, test = train_file_images(name, root, size), test_file_images(name, root, size)
+    profile = {"test_images": min(test, data.get("test_limit") or test) if test else None}
+    if total is not None:
+        profile["train_images"], profile["val_images"] = carve(total, data.get("val_fraction", 0.0), data.get("train_limit"))
+    dataset = Dataset(name=name, digest=digest, source_type=source_type, source=json.dumps(source),
+                      profile=json.dumps(profile))
+    return DatasetInput(dataset=dataset, tags=[InputTag("mlflow.data.context", stage.kind)])
 
 
 def _param(value: Any) -> str:

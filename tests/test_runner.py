@@ -98,6 +98,13 @@ def test_two_arm_study_then_rerun_changes_nothing(project, backend):
         assert ("reconstructions.png" in pictures) == (stage.kind == "pretrain")
     probes = [r for r in children if r["stage"] == "linear_probe"]
     assert sorted(r["params"]["model.mask_ratio"] for r in probes) == ["0.5", "0.75"]
+    # The data each stage read, as MLflow's dataset input: same digest for the same data config.
+    inputs = {r["stage_id"]: mlflow_client(project, "two").get_run(r["id"]).inputs.dataset_inputs for r in children}
+    for sid, (used,) in inputs.items():
+        assert used.dataset.name == "synthetic" and used.dataset.source_type == "code"
+        assert json.loads(used.dataset.profile)["train_images"] == 58  # 64 less the 10% validation share
+        assert [(t.key, t.value) for t in used.tags] == [("mlflow.data.context", p.stages[sid].kind)]
+    assert len({used.dataset.digest for (used,) in inputs.values()}) == 1
 
     # The same command again is the resume: nothing reruns, no run is added.
     before = stamps(project, p.stages)
