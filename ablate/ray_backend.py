@@ -260,20 +260,17 @@ def _storage_error(trial) -> OSError | None:
 
 def _worker_died(trial) -> bool:
     """Whether the trial's last error is its worker process, or its node, dying (Ray's own types,
-    found through the causes as store.storage_error does), or no error was recorded at all."""
+    found through store.causes), or no error was recorded at all."""
     from ray.exceptions import LocalRayletDiedError, NodeDiedError, OutOfMemoryError, RayActorError, WorkerCrashedError
 
     try:
         exc = trial.get_pickled_error()
     except Exception:  # noqa: BLE001 - unreadable: nothing tells us the stage's own code raised it
         return True
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, (RayActorError, WorkerCrashedError, NodeDiedError, OutOfMemoryError, LocalRayletDiedError)):
-            return True
-        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
-    return not seen  # no error at all: the worker ended without a word
+    if exc is None:  # no error at all: the worker ended without a word
+        return True
+    died = (RayActorError, WorkerCrashedError, NodeDiedError, OutOfMemoryError, LocalRayletDiedError)
+    return any(isinstance(e, died) for e in store.causes(exc))
 
 
 def _error_text(trial) -> str:

@@ -23,7 +23,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from core.files import write_text
 
@@ -68,14 +68,17 @@ def append_jsonl(path: Path, row: dict[str, Any]) -> None:
 
 def storage_error(exc: BaseException | None) -> OSError | None:
     """The OSError in `exc` or its causes that says the disk refused a write (STORAGE_ERRNOS)."""
+    return next((e for e in causes(exc) if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS), None)
+
+
+def causes(exc: BaseException | None) -> Iterator[BaseException]:
+    """`exc`, then what caused it, and so on: a worker's exception comes back wrapped in Ray's
+    RayTaskError, the original as `.cause`."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
-            return exc
-        # a worker's exception comes back wrapped in Ray's RayTaskError, the original as `.cause`
+        yield exc
         exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
-    return None
 
 
 def check_writable(*folders: Path) -> None:

@@ -6,10 +6,10 @@ workers never open the database: the sqlite file is created here before any tria
 the same runs again by their tags (`role`, `profile`, `stage_id`) instead of opening new ones.
 MLflow's own Ray integrations are not used: they open a new run per retry or restore.
 
-Metrics have one route: the stage's folder. A stage writes each epoch once to its metrics.jsonl,
-with the time it recorded it (ablate/stages.py); the backend's events only tell the tracker when
-to look (`follow`), and it logs the lines it has not sent yet, each with its recorded time as the
-MLflow timestamp. MLflow's store keeps one row per (metric, step, timestamp, value), so a line sent
+Metrics have one route: the stage's folder. A stage appends each epoch to its metrics.jsonl with
+the time it recorded it (ablate/stages.py; an epoch a retry repeats counts as first recorded,
+store.epochs); the backend's events only tell the tracker when to look (`follow`), and it logs the
+epochs it has not sent yet, each with its recorded time as the MLflow timestamp. MLflow's store keeps one row per (metric, step, timestamp, value), so a line sent
 again (a run found again after the driver was killed, a stage finished by another driver) adds
 nothing: a stage's run holds one point per metric and step by construction, and the tracker never
 reads MLflow's metric history. A final metric (result.json) is logged at the last step unless that
