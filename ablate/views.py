@@ -54,7 +54,7 @@ def plan_table(plan: Plan, out_root: Path, console: Console) -> None:
                             ("state", "left"), ("resources", "left"), ("images", "right"), ("~time", "right")):
         table.add_column(column, justify=justify, no_wrap=column in ("stage id", "resources", "images"))
     seen: set[str] = set()
-    todo_images, unknown = 0, False
+    todo_images, unknown, gpu_seconds = 0, False, 0.0
     todo_seconds: dict[int, float] = {}  # per worker count: trials of different sizes pack differently
     for run in plan.runs:
         named = list(run.stages.items()) + [(f"{name}#{i + 1}", sid) for name, ids in run.candidates.items()
@@ -67,6 +67,7 @@ def plan_table(plan: Plan, out_root: Path, console: Console) -> None:
                 todo_images += cost.images
                 unknown |= cost.seconds is None
                 todo_seconds[workers] = todo_seconds.get(workers, 0.0) + (cost.seconds or 0.0)
+                gpu_seconds += (cost.seconds or 0.0) * workers * plan.profile.resources.gpu
             seen.add(sid)
             table.add_row(run.arm, str(run.seed), name, sid, state, plan.trial_resources(sid), f"{cost.images:,}",
                           duration(cost.seconds))
@@ -83,11 +84,14 @@ def plan_table(plan: Plan, out_root: Path, console: Console) -> None:
         size = {w: "" if len(slots) == 1 else "single-worker " if w == 1 else f"{w}-worker " for w in slots}
         at_once = " and ".join(f"{n} {size[w]}trial(s)" for w, n in sorted(slots.items())) or "1 trial(s)"
         wall = sum(seconds / slots[w] for w, seconds in todo_seconds.items())
-        timing = (f"~{duration(sum(todo_seconds.values()))} of trial time, about {duration(wall)} with {at_once} "
-                  f"at once, plus Ray start-up and about 10 s per stage"
+        gpu_hours = f" ({gpu_seconds / 3600:,.1f} GPU-hours)" if gpu_seconds else ""
+        timing = (f"~{duration(sum(todo_seconds.values()))} of trial time{gpu_hours}, about {duration(wall)} with "
+                  f"{at_once} at once, plus Ray start-up and about 10 s per stage"
                   f"{' (20 s more to start a data-parallel one)' if any(w > 1 for w in slots) else ''}")
-    console.print(f"to run: {todo_images:,} images; {timing}. Speeds (profile {plan.profile.name}, MAE "
-                  f"pre-training, one worker): {speed}.")
+    source = plan.profile.source
+    where = f"the throughput of {source.name}, whose comments say where it was measured" if source else "the profile"
+    console.print(f"to run: {todo_images:,} images; {timing}. Speeds (MAE pre-training, one worker, from {where}): "
+                  f"{speed}.")
     console.print(f"stage folders: {store.stages_root(out_root)}/<stage id>/ (nothing was run or written)")
 
 

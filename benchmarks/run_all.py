@@ -1,6 +1,6 @@
 """Every benchmark in one command; regenerates BENCHMARKS.md from their tables.
 
-    .venv/bin/python benchmarks/run_all.py            # CPU: small configs, ViT-B/16, ViT-L Table 2, data, study, recipes
+    .venv/bin/python benchmarks/run_all.py            # small configs, ViT-B/16, ViT-L Table 2, data, study, recipes (+ GPU)
     .venv/bin/python benchmarks/run_all.py --quick    # skips ViT-B/16, the study run and the recipe checks
     .venv/bin/python benchmarks/run_all.py --join     # runs nothing: joins the tables already in results/
 
@@ -36,6 +36,12 @@ def machine() -> str:
             f"torch {torch.__version__}")
 
 
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
@@ -48,6 +54,8 @@ def main() -> None:
             ("study", ["bench_study.py"] + (["--study", ""] if args.quick else []))]
     if not args.quick:  # about 11 minutes: the shipped studies' conclusions on real data
         runs.append(("recipes", ["bench_recipes.py"]))
+    if args.join or has_cuda():  # per-GPU speed for the GPU profiles' costs, and the engines on CUDA
+        runs.append(("gpu", ["bench_gpu.py"]))
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}  # spinning OpenMP threads distort small-op timings
     started = time.strftime("%Y-%m-%d %H:%M")
     for name, command in [] if args.join else runs:

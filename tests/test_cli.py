@@ -62,8 +62,22 @@ def test_plan_prints_the_stage_table_and_writes_nothing(project):
         assert sid in out
     assert "mask_ratio=0.5" in out and "linear_probe" in out and "pending" in out
     assert "2 arm(s) x 1 seed(s): 6 distinct stages" in out
-    assert "to run:" in out and "img/s" in out
+    assert "to run:" in out and "img/s" in out and "GPU-hours" not in out  # a CPU profile
     assert sorted(os.listdir(project)) == before
+
+
+def test_plan_on_a_gpu_profile_prints_gpu_hours_and_where_its_speed_comes_from():
+    """GPU-hours = each stage's estimated seconds x its workers x the GPUs of a worker, summed."""
+    from ablate.cost import estimate
+
+    study_file = ROOT / "studies" / "masking_ratio.yaml"
+    result = invoke("plan", str(study_file), "--profile", "paper")
+    assert result.exit_code == 0, result.output
+    p = plan(load_study(study_file), load_profile("paper", study_file))
+    expected = sum(estimate(s, p.profile).seconds * s.workers * p.profile.resources.gpu for s in p.stages.values())
+    out = " ".join(result.stdout.split())
+    assert f"({expected / 3600:,.1f} GPU-hours)" in out
+    assert "from the throughput of paper.yaml" in out and "vit_large_patch16 2175 img/s" in out
 
 
 def test_plan_and_status_see_done_and_failed_stages(project):
