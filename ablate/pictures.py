@@ -12,15 +12,12 @@ CURVES, RECONSTRUCTIONS = "curves.png", "reconstructions.png"
 
 
 def draw(folder: Path, title: str) -> list[Path]:
-    """Write the pictures the folder's files allow; [] when the dashboards are not installed.
+    """Write the pictures the folder's files allow.
     A figure that cannot be drawn is a warning, never the stage's failure."""
-    try:
-        import pandas as pd
+    import pandas as pd  # matplotlib and pandas: only when drawing
 
-        from dashboards.figures import stage_curves
-        from dashboards.recon import reconstruction_grid
-    except ImportError:
-        return []
+    from dashboards.figures import stage_curves
+    from dashboards.recon import reconstruction_grid
     folder = Path(folder)
     out = []
     try:

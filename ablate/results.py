@@ -15,6 +15,7 @@ import pandas as pd
 from ablate import store
 from ablate.plan import ArmRun, Plan
 from core.files import replacing
+from dashboards.contract import DONE, FAILED, HISTORY_COLUMNS, KEYS, METRICS, PENDING, MlflowLinks, Status, StudyInfo
 
 RESULTS, HISTORY, REPORT = "results.csv", "history.csv", "report"
 # Which metrics each stage contributes to its row, and under which column name.
@@ -26,19 +27,14 @@ COLUMNS: dict[str, dict[str, str]] = {
     "partial_finetune": {"ft_top1": "ft_top1", "ft_top5": "ft_top5", "ft_val_top1": "ft_val_top1"},
     "scratch": {"ft_top1": "scratch_top1", "ft_top5": "scratch_top5"},
 }
-METRICS = ["lin_top1", "lin_top5", "ft_top1", "ft_top5", "scratch_top1", "pretrain_loss", "pretrain_wall_clock_s",
-           "img_per_s", "train_flops_per_img"]
-HISTORY_COLUMNS = ["arm", "seed", "stage", "epoch", "metric", "value"]
-# Row status, as the dashboards read it.
-ROW_DONE, ROW_FAILED, ROW_PENDING = "done", "failed", "pending"
 
 
-def _row_status(stage_states: list[str]) -> str:
+def _row_status(stage_states: list[str]) -> Status:
     if stage_states and all(s == store.DONE for s in stage_states):
-        return ROW_DONE
+        return DONE
     if any(s in (store.FAILED, store.BLOCKED) for s in stage_states):
-        return ROW_FAILED
-    return ROW_PENDING
+        return FAILED
+    return PENDING
 
 
 def _best_candidate(plan: Plan, out_root: Path, ids: tuple[str, ...]) -> tuple[str | None, float]:
@@ -70,13 +66,12 @@ def results_table(plan: Plan, out_root: Path, states: dict[str, str] | None = No
     for run in plan.runs:
         ids = [*run.stages.values(), *(sid for c in run.candidates.values() for sid in c)]
         stage_states = [states[sid] for sid in ids]
-        row: dict[str, Any] = {"study": plan.study.name, "arm": run.arm, "seed": run.seed,
-                               "status": _row_status(stage_states)}
-        if run.candidates and row["status"] == ROW_FAILED:  # a failed candidate is only one try
+        row: dict[str, Any] = dict(zip(KEYS, (plan.study.name, run.arm, run.seed, _row_status(stage_states))))
+        if run.candidates and row["status"] == FAILED:  # a failed candidate is only one try
             others = [states[sid] for sid in run.stages.values()]
             picked = [_best_candidate(plan, out_root, c)[0] for c in run.candidates.values()]
             if all(p is not None for p in picked) and all(s == store.DONE for s in others):
-                row["status"] = ROW_DONE
+                row["status"] = DONE
         row.update(run.axes)
         for name, sid in chosen_stages(plan, out_root, run).items():
             result = store.result(out_root, sid) or {}
@@ -95,7 +90,7 @@ def results_table(plan: Plan, out_root: Path, states: dict[str, str] | None = No
         elif blocked:
             row["error"] = f"not run: {blocked[0]} needs a stage that failed"
         rows.append(row)
-    columns = ["study", "arm", "seed", "status", *plan.axis_keys, *METRICS]
+    columns = [*KEYS, *plan.axis_keys, *METRICS]
     df = pd.DataFrame(rows)
     for c in columns:
         if c not in df:
@@ -113,7 +108,7 @@ def history_table(plan: Plan, out_root: Path) -> pd.DataFrame:
                 for metric, value in report.items():
                     if metric != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
                         rows.append((run.arm, run.seed, name, epoch, metric, float(value)))
-    return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+    return pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
 
 
 def recon_files(plan: Plan, out_root: Path) -> dict[str, Path]:
@@ -135,14 +130,8 @@ def write_tables(plan: Plan, out_root: Path, study_dir: Path) -> tuple[pd.DataFr
     return results, history
 
 
-def write_report(plan: Plan, out_root: Path, study_dir: Path, results: pd.DataFrame, history: pd.DataFrame,
-                 mlflow: dict | None = None) -> Path | None:
-    """The dashboards' report (figures and tables) into `<study dir>/report/`; None when the
-    dashboards package is not installed."""
-    try:
-        from dashboards.report import write_report as dashboards_report
-    except ImportError:
-        return None
+def study_info(plan: Plan) -> StudyInfo:
+    """The study as the report shows it."""
     study = plan.study
     first = plan.stages[plan.runs[0].stages["pretrain"]].config
     settings = {"data.dataset": first["data"]["dataset"], "model.variant": first["model"]["variant"],
@@ -153,12 +142,21 @@ def write_report(plan: Plan, out_root: Path, study_dir: Path, results: pd.DataFr
             if name != "pretrain":
                 settings[f"{name}.epochs"] = plan.stages[sid].epochs
     axes = {key: list(dict.fromkeys(_hashable(r.axes[key]) for r in plan.runs)) for key in plan.axis_keys}
-    info = {"name": study.name, "description": study.description, "profile": plan.profile.name,
-            "profile_description": plan.profile.description, "axes": axes, "settings": settings,
-            "baseline": study.baseline, "trend": study.trend, "equivalence_margin": study.equivalence_margin}
-    return dashboards_report(study_dir / REPORT, study=info, results=results, history=history,
-                             figures=list(study.figures), tables=list(study.tables),
-                             recon_files=recon_files(plan, out_root), mlflow=mlflow)
+    return StudyInfo(name=study.name, description=study.description, profile=plan.profile.name,
+                     profile_description=plan.profile.description, dataset=first["data"]["dataset"], axes=axes,
+                     settings=settings, baseline=study.baseline, trend=study.trend,
+                     equivalence_margin=study.equivalence_margin)
+
+
+def write_report(plan: Plan, out_root: Path, study_dir: Path, results: pd.DataFrame, history: pd.DataFrame,
+                 mlflow: dict | None = None) -> Path:
+    """The dashboards' report (figures and tables) into `<study dir>/report/`. `mlflow`: the
+    tracker's links, in the plain form the study's last-run record keeps."""
+    from dashboards.report import write_report as dashboards_report  # matplotlib: only when drawing
+
+    return dashboards_report(study_dir / REPORT, study=study_info(plan), results=results, history=history,
+                             figures=list(plan.study.figures), tables=list(plan.study.tables),
+                             recon_files=recon_files(plan, out_root), mlflow=MlflowLinks.from_mapping(mlflow))
 
 
 def _hashable(value: Any) -> Any:

@@ -7,6 +7,7 @@ study is planned (`ablate.plan`), so an axis value that breaks a config is caugh
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -226,12 +227,16 @@ class Study(Frozen):
     @field_validator("figures")
     @classmethod
     def _figures(cls, value: list[str]) -> list[str]:
-        return _check_names(value, "figures", "dashboards.figures", "FIGURES")
+        from dashboards.figures import FIGURES  # matplotlib: imported when a study is read, not with ablate
+
+        return _check_names(value, "figures", FIGURES)
 
     @field_validator("tables")
     @classmethod
     def _tables(cls, value: list[str]) -> list[str]:
-        return _check_names(value, "tables", "dashboards.tables", "TABLES")
+        from dashboards.tables import TABLES
+
+        return _check_names(value, "tables", TABLES)
 
     @model_validator(mode="after")
     def _consistent(self) -> Study:
@@ -316,12 +321,8 @@ def _grid(value: Any, field: str) -> dict[str, list[Any]]:
     return value
 
 
-def _check_names(value: list[str], field: str, module: str, table: str) -> list[str]:
-    """Names from the dashboards' registries (a dict each); unchecked if dashboards is not installed."""
-    try:
-        registry = getattr(__import__(module, fromlist=[table]), table)
-    except ImportError:
-        return value
+def _check_names(value: list[str], field: str, registry: Mapping[str, Any]) -> list[str]:
+    """Names from one of the dashboards' registries."""
     unknown = [v for v in value if v not in registry]
     if unknown:
         raise StudyError(None, f"{field}[{value.index(unknown[0])}]",

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from dashboards.contract import DONE
+
 LEVEL = 0.95
 ALPHA = 1 - LEVEL
 DEFAULT_MARGIN = 1.0  # top-1 points: differences smaller than this count as "no practical difference"
@@ -253,7 +255,7 @@ def by_seed(results, arm: str, metric: str) -> dict[int, float]:
         return {}
     rows = results[(results["arm"] == arm)]
     if "status" in rows:
-        rows = rows[rows["status"] == "done"]
+        rows = rows[rows["status"] == DONE]
     out = {}
     for seed, value in zip(rows["seed"], rows[metric]):
         try:

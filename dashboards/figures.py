@@ -32,7 +32,8 @@ from matplotlib.transforms import blended_transform_factory
 
 from core.files import replacing
 from dashboards import decide, paper
-from dashboards.tables import FAILED, PENDING, aggregate, blocks_top1, speedups, status_counts, varying_axes
+from dashboards.contract import DONE, FAILED, PENDING, ours_label as label_of
+from dashboards.tables import aggregate, blocks_top1, speedups, status_counts, varying_axes
 
 PAPER_LABEL = f"paper ({paper.SETTING})"
 PAPER_COLOR = "black"
@@ -61,11 +62,11 @@ def save_figure(fig: Figure, directory: Path | str, name: str) -> list[Path]:
 
 
 def ours_label(results: pd.DataFrame) -> str:
+    """The report's label for our numbers (`results.attrs["ours_label"]`), else one from the data."""
     if results.attrs.get("ours_label"):
         return str(results.attrs["ours_label"])
-    if "data.dataset" in results and results["data.dataset"].notna().any():
-        return f"ours ({results['data.dataset'].dropna().iloc[0]})"
-    return "ours"
+    datasets = results["data.dataset"].dropna() if "data.dataset" in results else []
+    return label_of(str(datasets.iloc[0]) if len(datasets) else None)
 
 
 def _status_note(results: pd.DataFrame, spread: str = "bars") -> str:
@@ -73,7 +74,7 @@ def _status_note(results: pd.DataFrame, spread: str = "bars") -> str:
     counts = status_counts(results)
     if counts["total"] == 0:
         return "no arms yet"
-    parts = [f"{counts['done']} of {counts['total']} arms done"]
+    parts = [f"{counts[DONE]} of {counts['total']} arms done"]
     parts += [f"{counts[s]} {s}" for s in (FAILED, PENDING) if counts[s]]
     seeds = int(results.groupby("arm")["seed"].nunique().max()) if "seed" in results else 1
     note = ", ".join(parts)
@@ -109,11 +110,11 @@ def _series(agg: pd.DataFrame, results: pd.DataFrame, x: str) -> list[tuple[str,
 def _mark_missing(ax: Axes, xs: np.ndarray, arms: list[str], states: list[str]) -> None:
     """'x' at the bottom of the panel for arms without a value, named in the legend."""
     transform = blended_transform_factory(ax.transData, ax.transAxes)
-    for state, color in ((FAILED, FAILED_COLOR), (PENDING, MISSING_COLOR), ("done", MISSING_COLOR)):
+    for state, color in ((FAILED, FAILED_COLOR), (PENDING, MISSING_COLOR), (DONE, MISSING_COLOR)):
         pick = [i for i, s in enumerate(states) if s == state]
         if not pick:
             continue
-        what = {"done": "not measured"}.get(state, state)
+        what = {DONE: "not measured"}.get(state, state)
         names = ", ".join(arms[i] for i in pick)
         ax.scatter(xs[pick], np.full(len(pick), 0.04), transform=transform, marker="x", s=70, linewidths=2,
                    color=color, clip_on=False, zorder=5, label=f"{what}: {names}")
@@ -360,8 +361,8 @@ def _history_curves(ax: Axes, results: pd.DataFrame, history: pd.DataFrame, stag
     positive = True
     for i, arm in enumerate(arms):
         curve = rows[rows["arm"] == arm].groupby("epoch")["value"].agg(["mean", "min", "max", "count"])
-        state = states.get(arm, "done")
-        suffix = "" if state == "done" else f" ({state})"
+        state = states.get(arm, DONE)
+        suffix = "" if state == DONE else f" ({state})"
         if curve.empty:
             if list_missing:
                 ax.plot([], [], marker="x", linestyle="none", label=f"{arm}{tag}: no curve{suffix}",

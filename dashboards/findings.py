@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from dashboards import decide
+from dashboards.contract import DONE, StudyInfo
 
 # The accuracies a verdict is given for, with their names in words and their paper columns.
 JUDGED = {"lin_top1": ("linear probing", "paper lin"), "ft_top1": ("fine-tuning", "paper ft"),
@@ -43,7 +44,7 @@ def paper_values(tables: Sequence[pd.DataFrame], column: str) -> dict[str, float
 def _seeds(results: pd.DataFrame) -> int:
     if results.empty or "seed" not in results:
         return 0
-    done = results[results["status"] == "done"] if "status" in results else results
+    done = results[results["status"] == DONE] if "status" in results else results
     return int(done.groupby("arm")["seed"].nunique().max()) if len(done) else 0
 
 
@@ -91,7 +92,7 @@ def against_baseline(results: pd.DataFrame, baseline: str, tables: Sequence[pd.D
 def along_trend(results: pd.DataFrame, axis: str, tables: Sequence[pd.DataFrame],
                 margin: float = decide.DEFAULT_MARGIN) -> Findings:
     """The slope per doubling of `axis` for each accuracy, and whether the paper's direction holds."""
-    done = results[results["status"] == "done"] if "status" in results else results
+    done = results[results["status"] == DONE] if "status" in results else results
     rows, counts = [], {word: 0 for word in decide.AGREEMENT}
     sentences = []
     for metric, (what, column) in JUDGED.items():
@@ -128,7 +129,7 @@ def _paper_rises(tables: Sequence[pd.DataFrame], axis: str, column: str) -> bool
     return None
 
 
-def study_findings(results: pd.DataFrame, study: Mapping, table_fns: Mapping[str, Callable]) -> Findings | None:
+def study_findings(results: pd.DataFrame, study: StudyInfo, table_fns: Mapping[str, Callable]) -> Findings | None:
     """The study's own question: `baseline` (an arm) or `trend` (an axis key); None when it names neither."""
     if results.empty or "arm" not in results:
         return None
@@ -138,10 +139,9 @@ def study_findings(results: pd.DataFrame, study: Mapping, table_fns: Mapping[str
             tables.append(fn(results))
         except Exception:  # noqa: BLE001 - a table that cannot be drawn only loses its paper numbers here
             continue
-    margin = float(study.get("equivalence_margin") or decide.DEFAULT_MARGIN)
-    if study.get("trend"):
-        return along_trend(results, str(study["trend"]), tables, margin)
-    baseline = study.get("baseline")
-    if baseline and baseline in set(results["arm"]):
-        return against_baseline(results, str(baseline), tables, margin)
+    margin = float(study.equivalence_margin or decide.DEFAULT_MARGIN)
+    if study.trend:
+        return along_trend(results, study.trend, tables, margin)
+    if study.baseline and study.baseline in set(results["arm"]):
+        return against_baseline(results, study.baseline, tables, margin)
     return None

@@ -13,22 +13,19 @@ import datetime as dt
 import html
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from core.files import write_text
+from dashboards.contract import DONE, FAILED, METRIC_LABELS, PENDING, MlflowLinks, StudyInfo
 from dashboards.figures import get_figure, save_figure
 from dashboards.findings import Findings, study_findings
 from dashboards.recon import reconstruction_grid
-from dashboards.tables import (DONE, FAILED, PENDING, aggregate, axis_columns, format_cell, get_table, status_counts,
-                               to_html, to_markdown, varying_axes)
-
-DEFAULT_TRACKING_UI = "http://127.0.0.1:5000"
-ARM_METRICS = {"ft_top1": "ft top-1 (%)", "lin_top1": "lin top-1 (%)", "scratch_top1": "scratch top-1 (%)",
-               "pretrain_loss": "pre-train loss", "pretrain_wall_clock_s": "wall-clock (s)", "img_per_s": "img/s"}
+from dashboards.tables import (aggregate, axis_columns, format_cell, get_table, status_counts, to_html, to_markdown,
+                               varying_axes)
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 1320px;
@@ -60,19 +57,6 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("_") or "arm"
 
 
-def ours_label(study: Mapping[str, Any]) -> str:
-    """"ours (<dataset>, profile <profile>)" from the study's settings, as far as known."""
-    settings = study.get("settings") or {}
-    dataset = study.get("dataset")
-    if not dataset and isinstance(settings, Mapping):
-        nested = settings.get("data") if isinstance(settings.get("data"), Mapping) else {}
-        dataset = settings.get("data.dataset") or nested.get("dataset")
-    parts = [str(dataset)] if dataset else []
-    if study.get("profile"):
-        parts.append(f"profile {study['profile']}")
-    return f"ours ({', '.join(parts)})" if parts else "ours"
-
-
 def status_line(results: pd.DataFrame) -> str:
     """"3 of 5 arms done", plus failed and pending counts when there are any."""
     counts = status_counts(results)
@@ -85,15 +69,9 @@ def run_url(tracking_ui: str, experiment_id: Any, run_id: str) -> str:
     return f"{tracking_ui.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
-def _runs_of(value: Any) -> list[tuple[str, str]]:
-    """Run ids of one arm as (label, id): a single id, a list (one per seed) or {seed: id}."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [("run", value)]
-    if isinstance(value, Mapping):
-        return [(f"seed {k}", str(v)) for k, v in value.items()]
-    return [(f"run {i}", str(v)) for i, v in enumerate(value)]
+def _runs_of(mlflow: MlflowLinks, arm: str) -> list[tuple[str, str]]:
+    """The arm's pre-training runs as (label, run id), one per seed."""
+    return [(f"seed {seed}", str(run_id)) for seed, run_id in (mlflow.run_ids.get(arm) or {}).items()]
 
 
 def _link(url: str, text: str) -> str:
@@ -108,23 +86,18 @@ def _img(path: Path, alt: str) -> str:
             f'src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}">')
 
 
-def _arms_table(results: pd.DataFrame, study: Mapping[str, Any], mlflow: Mapping[str, Any] | None) -> str:
+def _arms_table(results: pd.DataFrame, study: StudyInfo, mlflow: MlflowLinks | None) -> str:
     if results.empty or "arm" not in results:
         return "<p>No arms yet.</p>"
-    declared = study.get("axes") or []
-    axes = [a for a in (list(declared) if not isinstance(declared, str) else [declared]) if a in results]
-    axes = axes or varying_axes(results) or axis_columns(results)[:4]
-    metrics = [m for m in ARM_METRICS if m in results]
+    axes = [a for a in study.axes if a in results] or varying_axes(results) or axis_columns(results)[:4]
+    metrics = [m for m in METRIC_LABELS if m in results]
     agg = aggregate(results, metrics)
-    runs = (mlflow or {}).get("run_ids") or {}
-    ui = (mlflow or {}).get("tracking_ui") or DEFAULT_TRACKING_UI
-    experiment = (mlflow or {}).get("experiment_id")
     errors = {}
     if "error" in results:  # the first error line per arm, as the orchestration records it
         for arm, error in zip(results["arm"], results["error"]):
             if isinstance(error, str) and error and arm not in errors:
                 errors[arm] = error
-    head = ["arm", *axes, "state", "seeds done", *(ARM_METRICS[m] for m in metrics)] + (["MLflow"] if mlflow else [])
+    head = ["arm", *axes, "state", "seeds done", *(METRIC_LABELS[m] for m in metrics)] + (["MLflow"] if mlflow else [])
     head += ["error"] if errors else []
     rows = []
     for _, row in agg.iterrows():
@@ -139,7 +112,8 @@ def _arms_table(results: pd.DataFrame, study: Mapping[str, Any], mlflow: Mapping
                 text += f" ± {half:.2g}"
             cells.append(f'<td class="num">{html.escape(text)}</td>')
         if mlflow:
-            links = [_link(run_url(ui, experiment, rid), label) for label, rid in _runs_of(runs.get(row["arm"]))]
+            links = [_link(run_url(mlflow.tracking_ui, mlflow.experiment_id, rid), label)
+                     for label, rid in _runs_of(mlflow, row["arm"])]
             cells.append("<td>" + (" ".join(links) or "–") + "</td>")
         if errors:
             error = errors.get(row["arm"], "")
@@ -162,24 +136,22 @@ def _findings_section(findings: Findings | None) -> str:
             f'<a href="tables/findings.csv">CSV</a></p>' if table else f'<div class="findings">{text}</div>')
 
 
-def _mlflow_section(study: Mapping[str, Any], mlflow: Mapping[str, Any] | None) -> str:
-    name = study.get("name", "<study>")
-    how = (f"<p>Open the MLflow UI with <code>ablate ui {html.escape(str(name))}</code>; the links below assume it "
+def _mlflow_section(study: StudyInfo, mlflow: MlflowLinks | None) -> str:
+    how = (f"<p>Open the MLflow UI with <code>ablate ui {html.escape(study.name)}</code>; the links below assume it "
            f"listens on the address shown.</p>")
     if not mlflow:
         return how + "<p>No MLflow tracking was recorded for this report.</p>"
-    ui = mlflow.get("tracking_ui") or DEFAULT_TRACKING_UI
-    experiment = mlflow.get("experiment_id")
-    items = [f"<li>tracking store: <code>{html.escape(str(mlflow.get('tracking_uri', '?')))}</code></li>",
+    ui, experiment = mlflow.tracking_ui, mlflow.experiment_id
+    items = [f"<li>tracking store: <code>{html.escape(mlflow.tracking_uri)}</code></li>",
              f"<li>UI: {_link(ui, ui)}</li>"]
     if experiment is not None:
         url = f"{ui.rstrip('/')}/#/experiments/{experiment}"
-        items.append(f"<li>experiment: {_link(url, str(experiment))}</li>")
-    if mlflow.get("parent_run_id"):
+        items.append(f"<li>experiment: {_link(url, experiment)}</li>")
+    if mlflow.parent_run_id:
         items.append("<li>study (parent) run: "
-                     + _link(run_url(ui, experiment, mlflow["parent_run_id"]), mlflow["parent_run_id"]) + "</li>")
-    for arm, value in (mlflow.get("run_ids") or {}).items():
-        links = ", ".join(_link(run_url(ui, experiment, rid), f"{label} {rid}") for label, rid in _runs_of(value))
+                     + _link(run_url(ui, experiment, mlflow.parent_run_id), mlflow.parent_run_id) + "</li>")
+    for arm in mlflow.run_ids:
+        links = ", ".join(_link(run_url(ui, experiment, rid), f"{label} {rid}") for label, rid in _runs_of(mlflow, arm))
         items.append(f"<li>{html.escape(str(arm))}: {links}</li>")
     return how + "<ul>" + "".join(items) + "</ul>"
 
@@ -198,16 +170,10 @@ def _plain(value: Any) -> str:
     return json.dumps(value, default=str)
 
 
-def _settings_section(study: Mapping[str, Any], results: pd.DataFrame) -> str:
-    """The study's entries, axes and settings as key/value tables, nested keys dotted. Axes given
-    as a list of keys are shown with the values the results hold."""
+def _settings_section(study: StudyInfo) -> str:
+    """The study's entries, axes and settings as key/value tables, nested keys dotted."""
     parts = []
-    rest = {k: v for k, v in study.items() if k not in ("name", "description", "axes", "settings")}
-    axes = study.get("axes")
-    if axes and not isinstance(axes, Mapping):
-        keys = [axes] if isinstance(axes, str) else list(axes)
-        axes = {k: sorted({format_cell(results, k, v) for v in results[k]}) if k in results else "?" for k in keys}
-    for title, value in (("Study", rest), ("Axes", axes), ("Settings", study.get("settings"))):
+    for title, value in (("Study", study.entries()), ("Axes", study.axes), ("Settings", study.settings)):
         if not value:
             continue
         if not isinstance(value, Mapping):
@@ -224,9 +190,73 @@ def _error(name: str, exc: Exception) -> str:
            f"{html.escape(str(exc))}</p>"
 
 
-def write_report(out_dir: Path | str, *, study: Mapping[str, Any], results: pd.DataFrame, history: pd.DataFrame,
+def _status_section(results: pd.DataFrame) -> str:
+    counts = status_counts(results)
+    total = max(counts["total"], 1)
+    runs_done = int((results["status"] == DONE).sum()) if "status" in results else 0
+    return (f'<div class="status"><strong>{counts[DONE]} of {counts["total"]} arms done</strong>'
+            + "".join(f' · <span class="{s}">{counts[s]} {s}</span>' for s in (FAILED, PENDING) if counts[s])
+            + f" · runs (arm × seed): {runs_done} of {len(results)} done"
+            f'<div class="bar"><div class="done" style="width:{100 * counts[DONE] / total:.1f}%"></div>'
+            f'<div class="failed" style="width:{100 * counts[FAILED] / total:.1f}%"></div></div></div>')
+
+
+def _figures_section(figure_fns: Mapping[str, Callable], results: pd.DataFrame, history: pd.DataFrame,
+                     fig_dir: Path) -> str:
+    """Each figure as PNG and SVG under `fig_dir`, inlined; one that fails to draw is a line in the page."""
+    parts = []
+    for name, fn in figure_fns.items():
+        try:
+            png, _ = save_figure(fn(results, history), fig_dir, name)
+        except Exception as exc:  # one broken figure must not hide the rest of a partial study
+            parts.append(f'<figure id="figure-{name}"><h3>{name}</h3>{_error(name, exc)}</figure>')
+            continue
+        parts.append(f'<figure id="figure-{name}">{_img(png, name)}'
+                     f'<figcaption>{name}: <a href="figures/{name}.svg">SVG</a> · '
+                     f'<a href="figures/{name}.png">PNG</a></figcaption></figure>')
+    return "".join(parts) or "<p>No figures requested.</p>"
+
+
+def _tables_section(table_fns: Mapping[str, Callable], results: pd.DataFrame, table_dir: Path) -> str:
+    """Each table as Markdown and HTML under `table_dir`, inlined."""
+    parts = []
+    for name, fn in table_fns.items():
+        try:
+            table = fn(results)
+        except Exception as exc:
+            parts.append(f'<section id="table-{name}"><h3>{name}</h3>{_error(name, exc)}</section>')
+            continue
+        write_text(table_dir / f"{name}.md", to_markdown(table))
+        write_text(table_dir / f"{name}.html", to_html(table))
+        parts.append(f'<section id="table-{name}"><h3>{name}</h3>{to_html(table)}'
+                     f'<p class="note"><a href="tables/{name}.md">Markdown</a> · '
+                     f'<a href="tables/{name}.html">HTML</a></p></section>')
+    return "".join(parts) or "<p>No tables requested.</p>"
+
+
+def _recon_section(recon_files: Mapping[str, Path | str], fig_dir: Path) -> str:
+    """Per arm, its pre-training's reconstructions drawn under `fig_dir`; a missing file is a line."""
+    parts = []
+    for arm, path in recon_files.items():
+        stem = f"recon_{safe_name(arm)}"
+        if not Path(path).exists():
+            parts.append(f'<p class="note">{html.escape(str(arm))}: no reconstructions yet '
+                         f"({html.escape(str(path))} is missing)</p>")
+            continue
+        try:
+            png, _ = save_figure(reconstruction_grid(path, title=f"Reconstructions: arm {arm}"), fig_dir, stem)
+        except Exception as exc:
+            parts.append(_error(f"reconstructions of {arm}", exc))
+            continue
+        parts.append(f'<figure id="recon-{safe_name(arm)}">{_img(png, f"reconstructions {arm}")}'
+                     f'<figcaption>arm {html.escape(str(arm))}: '
+                     f'<a href="figures/{stem}.svg">SVG</a></figcaption></figure>')
+    return "".join(parts) or "<p>No reconstructions saved.</p>"
+
+
+def write_report(out_dir: Path | str, *, study: StudyInfo, results: pd.DataFrame, history: pd.DataFrame,
                  figures: list[str], tables: list[str], recon_files: Mapping[str, Path | str] | None = None,
-                 mlflow: Mapping[str, Any] | None = None) -> Path:
+                 mlflow: MlflowLinks | None = None) -> Path:
     """Write figures (PNG+SVG), tables (MD+HTML), reconstructions and `report.html` under
     `out_dir`; return the report's path. Unknown figure or table names raise before anything
     is written; a figure that fails to draw is reported in the page, not raised."""
@@ -237,85 +267,35 @@ def write_report(out_dir: Path | str, *, study: Mapping[str, Any], results: pd.D
     fig_dir.mkdir(parents=True, exist_ok=True)
     table_dir.mkdir(parents=True, exist_ok=True)
     results = results.copy()
-    results.attrs["ours_label"] = results.attrs.get("ours_label") or ours_label(study)
+    results.attrs["ours_label"] = results.attrs.get("ours_label") or study.ours_label
     history = history if history is not None else pd.DataFrame()
-
-    figure_html = []
-    for name, fn in figure_fns.items():
-        try:
-            png, _ = save_figure(fn(results, history), fig_dir, name)
-        except Exception as exc:  # one broken figure must not hide the rest of a partial study
-            figure_html.append(f'<figure id="figure-{name}"><h3>{name}</h3>{_error(name, exc)}</figure>')
-            continue
-        figure_html.append(f'<figure id="figure-{name}">{_img(png, name)}'
-                           f'<figcaption>{name}: <a href="figures/{name}.svg">SVG</a> · '
-                           f'<a href="figures/{name}.png">PNG</a></figcaption></figure>')
-
-    table_html = []
-    for name, fn in table_fns.items():
-        try:
-            table = fn(results)
-        except Exception as exc:
-            table_html.append(f'<section id="table-{name}"><h3>{name}</h3>{_error(name, exc)}</section>')
-            continue
-        write_text(table_dir / f"{name}.md", to_markdown(table))
-        write_text(table_dir / f"{name}.html", to_html(table))
-        table_html.append(f'<section id="table-{name}"><h3>{name}</h3>{to_html(table)}'
-                          f'<p class="note"><a href="tables/{name}.md">Markdown</a> · '
-                          f'<a href="tables/{name}.html">HTML</a></p></section>')
-
-    recon_html = []
-    for arm, path in (recon_files or {}).items():
-        stem = f"recon_{safe_name(arm)}"
-        if not Path(path).exists():
-            recon_html.append(f'<p class="note">{html.escape(str(arm))}: no reconstructions yet '
-                              f"({html.escape(str(path))} is missing)</p>")
-            continue
-        try:
-            png, _ = save_figure(reconstruction_grid(path, title=f"Reconstructions: arm {arm}"), fig_dir, stem)
-        except Exception as exc:
-            recon_html.append(_error(f"reconstructions of {arm}", exc))
-            continue
-        recon_html.append(f'<figure id="recon-{safe_name(arm)}">{_img(png, f"reconstructions {arm}")}'
-                          f'<figcaption>arm {html.escape(str(arm))}: '
-                          f'<a href="figures/{stem}.svg">SVG</a></figcaption></figure>')
-
     findings = study_findings(results, study, table_fns)
     if findings is not None and len(findings.rows):
         write_text(table_dir / "findings.md", to_markdown(findings.rows))
         write_text(table_dir / "findings.csv", findings.rows.to_csv(index=False))
-
-    counts = status_counts(results)
-    total = max(counts["total"], 1)
-    runs_done = int((results["status"] == DONE).sum()) if "status" in results else 0
-    status = (f'<div class="status"><strong>{counts[DONE]} of {counts["total"]} arms done</strong>'
-              + "".join(f' · <span class="{s}">{counts[s]} {s}</span>' for s in (FAILED, PENDING) if counts[s])
-              + f" · runs (arm × seed): {runs_done} of {len(results)} done"
-              f'<div class="bar"><div class="done" style="width:{100 * counts[DONE] / total:.1f}%"></div>'
-              f'<div class="failed" style="width:{100 * counts[FAILED] / total:.1f}%"></div></div></div>')
-    name = html.escape(str(study.get("name", "study")))
+    name = html.escape(study.name)
     generated = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{name}: MAE ablation report</title>
 <style>{CSS}</style></head><body>
 <h1>{name}</h1>
-<p>{html.escape(str(study.get("description", "")))}</p>
-<p class="meta">profile <b>{html.escape(str(study.get("profile", "?")))}</b>
+<p>{html.escape(study.description)}</p>
+<p class="meta">profile <b>{html.escape(study.profile or "?")}</b>
  · {html.escape(results.attrs["ours_label"])}
  · generated {generated} · paper numbers: He et al. 2021, ViT-L/16 on ImageNet-1K (plotted on separate panels)</p>
-{status}
+{_status_section(results)}
 <h2>What the study shows</h2>
 {_findings_section(findings)}
 <h2>Arms</h2>
 {_arms_table(results, study, mlflow)}
 <h2>Figures</h2>
-{"".join(figure_html) or "<p>No figures requested.</p>"}
+{_figures_section(figure_fns, results, history, fig_dir)}
 <h2>Tables</h2>
-{"".join(table_html) or "<p>No tables requested.</p>"}
+{_tables_section(table_fns, results, table_dir)}
 <h2>Reconstructions</h2>
-{"".join(recon_html) or "<p>No reconstructions saved.</p>"}
+{_recon_section(recon_files or {}, fig_dir)}
 <h2>Settings</h2>
-{_settings_section(study, results)}
+{_settings_section(study)}
 <h2>MLflow</h2>
 {_mlflow_section(study, mlflow)}
 </body></html>

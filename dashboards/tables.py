@@ -16,14 +16,9 @@ import numpy as np
 import pandas as pd
 
 from dashboards import decide, paper
+from dashboards.contract import DONE, FAILED, METRICS, PENDING, arm_state
 
-METRICS = ("lin_top1", "lin_top5", "ft_top1", "ft_top5", "scratch_top1", "pretrain_loss",
-           "pretrain_wall_clock_s", "img_per_s", "train_flops_per_img")
 SHORT = {"ft_top1": "ft", "lin_top1": "lin"}
-
-# Per-arm state, from the states of its seeds: done when every seed is done, failed
-# when any seed failed, pending otherwise (queued or running).
-DONE, FAILED, PENDING = "done", "failed", "pending"
 
 
 def axis_columns(results: pd.DataFrame) -> list[str]:
@@ -37,15 +32,6 @@ def varying_axes(results: pd.DataFrame) -> list[str]:
         return []
     firsts = results.groupby("arm", sort=False).first()
     return [c for c in axis_columns(results) if firsts[c].nunique(dropna=False) > 1]
-
-
-def arm_state(statuses: Sequence[str]) -> str:
-    statuses = list(statuses)
-    if statuses and all(s == DONE for s in statuses):
-        return DONE
-    if any(s == FAILED for s in statuses):
-        return FAILED
-    return PENDING
 
 
 def aggregate(results: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:

@@ -5,10 +5,12 @@ typo in `dashboards/paper.py` shows up as a failure.
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ import pandas as pd
 import pytest
 
 from dashboards import paper
+from dashboards.contract import DONE, FAILED, PENDING, MlflowLinks, Status, StudyInfo, arm_state
 from dashboards.figures import FIGURES, get_figure, save_figure
 from dashboards.recon import reconstruction_grid
 from dashboards.report import run_url, status_line, write_report
@@ -407,10 +410,11 @@ def test_reconstruction_grid(channels, tmp_path):
 
 # --- report -------------------------------------------------------------------------------
 
-MLFLOW = {"tracking_uri": "sqlite:///mlflow.db", "experiment_id": "3", "parent_run_id": "p0",
-          "run_ids": {"r75": ["a1", "a2"], "r50": {0: "b1", 1: "b2"}, "r10": "c1"}}
-STUDY = {"name": "mask_ratio", "description": "Figure 5: masking ratio 10-90%.", "profile": "laptop",
-         "axes": {"model.mask_ratio": RATIOS}, "settings": {"data": {"dataset": "fashion_mnist"}, "seeds": [0, 1]}}
+MLFLOW = MlflowLinks(tracking_uri="sqlite:///mlflow.db", experiment_id="3", parent_run_id="p0",
+                     run_ids={"r75": {"0": "a1", "1": "a2"}, "r50": {"0": "b1", "1": "b2"}, "r10": {"0": "c1"}})
+STUDY = StudyInfo(name="mask_ratio", description="Figure 5: masking ratio 10-90%.", profile="laptop",
+                  dataset="fashion_mnist", axes={"model.mask_ratio": RATIOS},
+                  settings={"data.dataset": "fashion_mnist", "seeds": [0, 1]})
 
 
 def render_mask_ratio_report(out_dir: Path, figures=("fig5_mask_ratio", "loss_curves"),
@@ -444,17 +448,17 @@ def test_report_with_nothing_done(tmp_path):
     results = mask_ratio_study().assign(status="pending")
     for c in ("ft_top1", "lin_top1", "pretrain_loss"):
         results[c] = math.nan
-    report = write_report(tmp_path, study={"name": "s"}, results=results, history=pd.DataFrame(),
+    report = write_report(tmp_path, study=StudyInfo(name="s"), results=results, history=pd.DataFrame(),
                           figures=sorted(FIGURES), tables=sorted(TABLES), recon_files={}, mlflow=None)
     page = report.read_text()
     assert "0 of 10 arms done" in page and "could not be drawn" not in page
     assert page.count("data:image/png;base64,") == len(FIGURES)
 
 
-def test_report_takes_the_orchestration_study_dict(tmp_path):
-    """ablate/results.py passes the dataset at the top level and no settings; errors come as a column."""
-    study = {"name": "scratch_vs_mae", "description": "d", "profile": "laptop", "profile_description": "2 cores",
-             "axes": [], "evaluations": ["finetune", "scratch"], "seeds": [0, 1], "dataset": "fashion_mnist"}
+def test_report_of_a_study_without_axes_shows_its_errors(tmp_path):
+    """A study with no axes (arms named by their evaluations); errors come as a column."""
+    study = StudyInfo(name="scratch_vs_mae", description="d", profile="laptop", profile_description="2 cores",
+                      dataset="fashion_mnist", settings={"evaluations": ["finetune", "scratch"], "seeds": [0, 1]})
     results = scratch_study()
     page = write_report(tmp_path, study=study, results=results, history=scratch_history(results),
                         figures=["eval_curves", "table3_scratch"], tables=["table3"], recon_files={},
@@ -463,9 +467,23 @@ def test_report_takes_the_orchestration_study_dict(tmp_path):
     assert "RuntimeError: out of memory" in page and "profile_description" in page
 
 
+def test_the_contract_survives_the_last_run_record():
+    """ablate keeps the tracker's links as JSON (seeds become strings); they come back as MlflowLinks."""
+    plain = {"tracking_uri": "sqlite:///m.db", "experiment_id": 3, "parent_run_id": "p", "experiment_name": "s",
+             "run_ids": {"r75": {0: "a", 1: "b"}}}
+    links = MlflowLinks.from_mapping(json.loads(json.dumps(plain)))
+    assert links == MlflowLinks(tracking_uri="sqlite:///m.db", experiment_id="3", parent_run_id="p",
+                                run_ids={"r75": {"0": "a", "1": "b"}})
+    assert MlflowLinks.from_mapping(None) is None and MlflowLinks.from_mapping({}) is None
+    assert [arm_state(s) for s in ([DONE, DONE], [DONE, FAILED, PENDING], [DONE, PENDING], [])] == [
+        DONE, FAILED, PENDING, PENDING]
+    assert StudyInfo(name="s", dataset="cifar10", profile="laptop").ours_label == "ours (cifar10, profile laptop)"
+    assert StudyInfo(name="s").ours_label == "ours" and Status("done") is DONE and DONE == "done"
+
+
 def test_report_rejects_unknown_names(tmp_path):
     with pytest.raises(KeyError, match="valid"):
-        write_report(tmp_path, study={"name": "s"}, results=mask_ratio_study(), history=pd.DataFrame(),
+        write_report(tmp_path, study=StudyInfo(name="s"), results=mask_ratio_study(), history=pd.DataFrame(),
                      figures=["nope"], tables=[], recon_files={}, mlflow=None)
     assert not (tmp_path / "report.html").exists()
 
@@ -492,7 +510,7 @@ def three_seed_sweep() -> pd.DataFrame:
 
 
 def test_report_opens_with_a_verdict_per_arm_against_the_baseline(tmp_path):
-    study = {**STUDY, "baseline": "r75", "equivalence_margin": 1.0}
+    study = replace(STUDY, baseline="r75", equivalence_margin=1.0)
     page = write_report(tmp_path, study=study, results=three_seed_sweep(), history=pd.DataFrame(),
                         figures=["fig5_mask_ratio"], tables=["fig5_mask_ratio"]).read_text()
     shows = page[page.index("What the study shows"):page.index("<h2>Arms</h2>")]
@@ -509,7 +527,7 @@ def test_report_opens_with_a_verdict_per_arm_against_the_baseline(tmp_path):
 
 def test_one_seed_says_no_verdict_is_possible(tmp_path):
     results = three_seed_sweep().query("seed == 0")
-    page = write_report(tmp_path, study={**STUDY, "baseline": "r75"}, results=results, history=pd.DataFrame(),
+    page = write_report(tmp_path, study=replace(STUDY, baseline="r75"), results=results, history=pd.DataFrame(),
                         figures=["fig5_mask_ratio"], tables=["fig5_mask_ratio"]).read_text()
     assert "One seed per arm: no interval and no verdict is possible" in page
     findings = pd.read_csv(tmp_path / "tables" / "findings.csv")
@@ -525,7 +543,7 @@ def test_a_trend_study_is_judged_as_a_trend(tmp_path):
         for seed, noise in enumerate((0.0, 0.4, -0.3)):
             rows.append(_row("schedule", f"epochs={epochs}", seed, "done", _defaults(**{"pretrain.epochs": epochs}),
                              lin_top1=lin + noise, ft_top1=80.0 + 0.05 * noise))
-    page = write_report(tmp_path, study={**STUDY, "trend": "pretrain.epochs"}, results=pd.DataFrame(rows),
+    page = write_report(tmp_path, study=replace(STUDY, trend="pretrain.epochs"), results=pd.DataFrame(rows),
                         history=pd.DataFrame(), figures=[], tables=["fig7_schedule"]).read_text()
     findings = pd.read_csv(tmp_path / "tables" / "findings.csv").set_index("metric")
     assert findings.loc["linear probing", "verdict"] == "rises"
