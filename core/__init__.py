@@ -8,4 +8,7 @@ Every finished stage records its engine's version (result.json, with the code's 
 `ablate run` does not silently reuse one of another version: `ablate status` shows them, and
 the user reruns them (--rerun-stale) or keeps them (--keep-stale).
 """
-NUMERICS_VERSION: dict[str, int] = {"pretrain": 1, "linear_probe": 1, "finetune": 1}
+# Version 2 of all three: one seeding rule (core/seeding.py), every stream named. In version 1 an
+# epoch's data order and its first batch's augmentation had one seed, and the global RNGs of a
+# fine-tune's epoch were seeded with seed x 100003 + epoch.
+NUMERICS_VERSION: dict[str, int] = {"pretrain": 2, "linear_probe": 2, "finetune": 2}

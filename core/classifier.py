@@ -1,26 +1,21 @@
-"""The classifier both evaluation protocols train: a timm ViT that loads our encoder, and its heads.
+"""The classifier both evaluation protocols train: a timm ViT that loads our encoder, its heads,
+and the top-k accuracy they report.
 
 The encoder part loads strictly (only the head is new), so a renamed or missing key fails loudly
-instead of silently evaluating a random network. Also what both protocols share around it: the
-top-k accuracy they report, per-epoch seeding, and resuming from a checkpoint.
+instead of silently evaluating a random network.
 """
 from __future__ import annotations
 
-import random
 from collections.abc import Iterable, Mapping
 from functools import partial
-from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-import torch
 from timm.layers import trunc_normal_
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from core.checkpoint import encoder_for_timm, load_latest
+from core.checkpoint import encoder_for_timm
 from core.config import ModelConfig
-from core.device import seed_everything
 from core.errors import ConfigError, Mismatch
 
 HEAD_KEYS = frozenset({"head.weight", "head.bias"})
@@ -102,56 +97,3 @@ def accuracy(logits_and_labels: Iterable[tuple[Tensor, Tensor]]) -> tuple[float,
     if total == 0:
         return float("nan"), float("nan")
     return 100.0 * hits1 / total, 100.0 * hits5 / total
-
-
-# ---- runs of both protocols: per-epoch seeding and resume ------------------------------------------
-
-# Fields that say where and how fast a job runs, not what it computes: a resume may change them.
-RUN_ONLY_FIELDS = frozenset({"device", "threads", "checkpoint_every", "compile", "num_workers"})
-
-
-def seed_epoch(seed: int, epoch: int) -> None:
-    """Every random draw of an epoch (augmentation, mixup, erasing, drop path) is a function of
-    (seed, epoch), so a run resumed at an epoch boundary repeats the uninterrupted one exactly."""
-    seed_everything(seed * 100_003 + epoch)
-
-
-def rng_state() -> dict[str, Any]:
-    """The global RNG states, in types a weights-only load accepts."""
-    np_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-            "python": random.getstate()}
-
-
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
-def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _comparable(v) if isinstance(v, Mapping) else v
-            for k, v in config.items() if k not in RUN_ONLY_FIELDS}
-
-
-def load_resume_state(out_dir: Path, protocol: str, config: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The newest good checkpoint of this protocol and config in `out_dir`, or None to start afresh.
-
-    A checkpoint of another stage or of a different config is an error, not a silent restart:
-    each stage needs its own `out_dir`.
-    """
-    state = load_latest(out_dir)
-    if state is None:
-        return None
-    if state.get("protocol") != protocol:
-        raise ConfigError(f"{out_dir} holds a checkpoint of {state.get('protocol') or 'another stage'!r}, not of "
-                         f"{protocol!r}: give each stage its own out_dir")
-    if _comparable(state["config"]) != _comparable(config):
-        raise ConfigError(f"{out_dir} holds a {protocol} checkpoint of a different config; use a fresh out_dir")
-    return state

@@ -19,8 +19,8 @@ class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
-# Upper bounds that keep numbers within what runs: an epoch is an MLflow step (int64), and
-# seed x 100003 + epoch seeds torch (core/classifier.py: seed_epoch), which takes 64 bits.
+# Upper bounds that keep numbers within what runs: an epoch is an MLflow step (int64), and a
+# run's seed also seeds numpy's global generator (core/seeding.py), which takes 32 bits.
 MAX_EPOCHS = 100_000
 MAX_SEED = 2**32 - 1
 

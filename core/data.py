@@ -40,6 +40,7 @@ from core.augment import get_augmentation, get_pil_transform
 from core.config import DataConfig, check_channels
 from core.data_files import CACHE_ROOT, FASHION_MNIST_FILES, FASHION_MNIST_ROOT
 from core.errors import ConfigError, DataError, MissingFile
+from core.seeding import Stream, generator
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
@@ -77,18 +78,14 @@ def carve_splits(n_train: int, n_test: int, cfg: DataConfig) -> dict[Split, Spli
 
 
 def epoch_generator(seed: int, epoch: int, split: Split) -> torch.Generator:
-    """A CPU generator that depends on (seed, epoch, split) only, well mixed by SeedSequence."""
-    entropy = [seed % 2**64, epoch, SPLITS.index(split)]
-    state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
+    """A CPU generator that depends on (seed, epoch, split) only (core/seeding.py)."""
+    return generator(seed, Stream.DATA, epoch, SPLITS.index(split))
 
 
 def batch_generator(seed: int, epoch: int, split: Split, index: int) -> torch.Generator:
     """The generator of micro-batch `index` of an epoch: its augmentation does not depend on the
     rank or the accumulation step that processes it."""
-    entropy = [seed % 2**64, epoch, SPLITS.index(split), index]
-    state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
+    return generator(seed, Stream.BATCH, epoch, SPLITS.index(split), index)
 
 
 def check_shard(shard: tuple[int, int]) -> tuple[int, int]:

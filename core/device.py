@@ -1,12 +1,10 @@
 """Where a job runs and in which precision."""
 from __future__ import annotations
 
-import random
 import warnings
 from contextlib import nullcontext
 from typing import ContextManager
 
-import numpy as np
 import torch
 
 from core.errors import ConfigError, Mismatch
@@ -59,9 +57,3 @@ def choose_attention(model: torch.nn.Module, device: torch.device, precision: st
 def attention_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """timm's attention layers in `model`: those with a `fused_attn` switch, read on every forward."""
     return [m for m in model.modules() if hasattr(m, "fused_attn")]
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)

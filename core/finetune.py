@@ -35,7 +35,7 @@ running statistics per rank; they are averaged over the ranks after every epoch.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -48,23 +48,20 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import param_groups_layer_decay
 from torch import Tensor, nn
 
-from core.checkpoint import save_checkpoint
-from core.classifier import (ClassifierViT, build_classifier, load_resume_state, probe_head, rng_state, seed_epoch,
-                             set_rng_state, topk_correct)
+from core.classifier import ClassifierViT, build_classifier, probe_head, topk_correct
 from core.data import DataSource, open_dataset
-from core.device import autocast, choose_attention, resolve_device, seed_everything, warn_if_nondeterministic
+from core.device import autocast, choose_attention
 from core.distributed import Dist
+from core.engine import Report, Run
 from core.errors import ConfigError
 from core.eval_config import TIMM_POOL, FinetuneConfig, FinetuneJob
 from core.progress import EpochProgress
 from core.schedule import adjust_learning_rate
 
-Report = Callable[[dict], None]
 PROTOCOL = "finetune"
 EVAL_BATCH_SIZE = 512  # inference only: any size gives the same numbers
 BETAS = (0.9, 0.999)
 MIXUP_SWITCH_PROB = 0.5  # with both mixup and cutmix on, cutmix for half the batches (the release)
-RANK_STREAM = 0x66696E65  # "fine": keeps the ranks' seeds apart from other seeds of the same numbers
 
 
 def finetune(job: FinetuneJob, encoder: Mapping[str, Tensor] | None, out_dir: Path,
@@ -78,15 +75,8 @@ def finetune(job: FinetuneJob, encoder: Mapping[str, Tensor] | None, out_dir: Pa
     epoch's. Under torch.distributed every rank must see the same `out_dir`.
     """
     cfg = job.finetune
-    out_dir = Path(out_dir)
-    dist = Dist.current(resolve_device(cfg.device))
-    warn_if_nondeterministic(dist.device)
-    device = dist.device
-    if dist.is_main():
-        out_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)  # random init and head init are functions of the seed (the same on every rank)
+    run = Run.start(PROTOCOL, job, cfg, out_dir)  # random init and head init: from the seed, the same on every rank
+    dist, device = run.dist, run.device
     source = open_dataset(job.data, img_size=job.model.img_size, in_chans=job.model.in_chans)
     net = build_finetune_model(job, source.num_classes, encoder if cfg.init == "pretrained" else None).to(device)
     net = choose_attention(net, device, cfg.precision)
@@ -100,16 +90,10 @@ def finetune(job: FinetuneJob, encoder: Mapping[str, Tensor] | None, out_dir: Pa
         raise ConfigError(f"batch_size x workers x accum_iter = {cfg.batch_size} x {dist.world_size} x "
                          f"{cfg.accum_iter} = {global_batch} exceeds the {source.num_samples('train')} training images")
 
-    config = job.model_dump(mode="json")
-    start_epoch, metrics = 0, {}
-    state = load_resume_state(out_dir, PROTOCOL, config)
-    if state is not None:
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        start_epoch, metrics = state["epoch"] + 1, dict(state["metrics"])
-    if start_epoch >= cfg.epochs:
-        return metrics
+    effective_batch = cfg.effective_batch * dist.world_size
+    run.resume(net, optimizer, effective_batch)
+    if run.done:
+        return run.metrics
 
     augment = BatchAugment(cfg, source, device)
     criterion = make_criterion(cfg)
@@ -118,10 +102,9 @@ def finetune(job: FinetuneJob, encoder: Mapping[str, Tensor] | None, out_dir: Pa
     # Evaluation runs the model itself: DDP's forward is for training, and ranks see different
     # numbers of evaluation batches.
     infer = forward if ddp is net else (torch.compile(net) if cfg.compile else net)
-    effective_batch = cfg.effective_batch * dist.world_size
-    for epoch in range(start_epoch, cfg.epochs):
+
+    def one_epoch(epoch: int) -> dict:
         start = time.perf_counter()
-        seed_rank_epoch(cfg.seed, epoch, dist.rank)
         train_loss, lr, train_time = train_one_epoch(net, forward, optimizer, source, augment, criterion, job, epoch,
                                                      dist, steps, ddp=ddp)
         dist.average_buffers(net)  # the probe head's BatchNorm statistics: one model to evaluate and save
@@ -131,14 +114,9 @@ def finetune(job: FinetuneJob, encoder: Mapping[str, Tensor] | None, out_dir: Pa
         if epoch + 1 == cfg.epochs:  # the test split is read once, at the end: what is watched per epoch is val
             metrics["ft_top1"], metrics["ft_top5"] = evaluate(infer, net, source, "test", cfg, dist)
         metrics["epoch_time_s"] = time.perf_counter() - start
-        if dist.is_main() and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
-            save_checkpoint(out_dir, model=net, optimizer=optimizer, epoch=epoch, config=config,
-                            extra={"protocol": PROTOCOL, "metrics": metrics, "rng": rng_state(),
-                                   "workers": dist.world_size, "effective_batch": effective_batch})
-        dist.barrier()  # nobody runs ahead of a checkpoint that is still being written
-        if report is not None and dist.is_main():
-            report(metrics)
-    return metrics
+        return metrics
+
+    return run.epochs(one_epoch, model=net, optimizer=optimizer, effective_batch=effective_batch, report=report)
 
 
 # ---- the model and what trains ---------------------------------------------------------------------
@@ -182,16 +160,6 @@ def param_groups(net: ClassifierViT, cfg: FinetuneConfig) -> list[dict]:
     """timm's layer-decay groups over the trainable parameters; each carries its `lr_scale`."""
     return param_groups_layer_decay(net, weight_decay=cfg.weight_decay, no_weight_decay_list=net.no_weight_decay(),
                                     layer_decay=cfg.layer_decay)
-
-
-def seed_rank_epoch(seed: int, epoch: int, rank: int) -> None:
-    """The epoch's global RNGs: rank 0 (and a single process) as `seed_epoch`, every other rank
-    from its own stream, so ranks draw different mixup, erasing and drop-path samples."""
-    if rank == 0:
-        seed_epoch(seed, epoch)
-        return
-    entropy = [seed % 2**64, epoch, rank, RANK_STREAM]
-    seed_everything(int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] % 2**63))
 
 
 def make_criterion(cfg: FinetuneConfig) -> nn.Module:

@@ -26,18 +26,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.checkpoint import save_checkpoint
-from core.classifier import (ClassifierViT, accuracy, build_classifier, features, load_resume_state, probe_head,
-                             rng_state, seed_epoch, set_rng_state)
+from core.classifier import ClassifierViT, accuracy, build_classifier, features, probe_head
 from core.data import DataSource, open_dataset
-from core.device import autocast, choose_attention, resolve_device, seed_everything, warn_if_nondeterministic
+from core.device import autocast, choose_attention
+from core.engine import Report, Run
 from core.errors import ConfigError, Mismatch, NonFiniteLoss
 from core.eval_config import TIMM_POOL, LinearProbeConfig, LinearProbeJob
 from core.lars import LARS
 from core.progress import EpochProgress
 from core.schedule import adjust_learning_rate
 
-Report = Callable[[dict], None]
 Batches = Iterator[tuple[Tensor, Tensor]]
 PROTOCOL = "linear_probe"
 EVAL_BATCH_SIZE = 512  # inference only: any size gives the same numbers
@@ -53,13 +51,8 @@ def linear_probe(job: LinearProbeJob, encoder: Mapping[str, Tensor] | None, out_
     last epoch's metrics.
     """
     cfg = job.probe
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
-    warn_if_nondeterministic(device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)  # a random encoder and the head's init are functions of the seed
+    run = Run.start(PROTOCOL, job, cfg, out_dir)  # a random encoder and the head's init: from the seed
+    device = run.device
     source = open_dataset(job.data, img_size=job.model.img_size, in_chans=job.model.in_chans)
     net = choose_attention(build_probe(job, source.num_classes, encoder).to(device), device, cfg.precision)
     optimizer = LARS(net.head.parameters(), lr=cfg.lr(), weight_decay=cfg.weight_decay)
@@ -67,16 +60,9 @@ def linear_probe(job: LinearProbeJob, encoder: Mapping[str, Tensor] | None, out_
     if steps == 0:
         raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {source.num_samples('train')} training images")
 
-    config = job.model_dump(mode="json")
-    start_epoch, metrics = 0, {}
-    state = load_resume_state(out_dir, PROTOCOL, config)
-    if state is not None:
-        net.head.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        start_epoch, metrics = state["epoch"] + 1, dict(state["metrics"])
-    if start_epoch >= cfg.epochs:
-        return metrics
+    run.resume(net.head, optimizer, cfg.effective_batch)
+    if run.done:
+        return run.metrics
 
     setup_start = time.perf_counter()
     encode = _encoder_fn(net, device, cfg)
@@ -84,9 +70,9 @@ def linear_probe(job: LinearProbeJob, encoder: Mapping[str, Tensor] | None, out_
     feed = CachedFeatures(encode, source, cfg, device) if fast else LiveFeatures(encode, source, cfg, device)
     setup_time = time.perf_counter() - setup_start
 
-    for epoch in range(start_epoch, cfg.epochs):
+    def one_epoch(epoch: int) -> dict:
+        nonlocal setup_time
         start = time.perf_counter()
-        seed_epoch(cfg.seed, epoch)
         train_loss, lr, train_time = train_head_one_epoch(net.head, optimizer, feed.train(epoch), cfg, epoch, steps)
         net.head.eval()
         with torch.no_grad():
@@ -96,12 +82,10 @@ def linear_probe(job: LinearProbeJob, encoder: Mapping[str, Tensor] | None, out_
                    "lin_val_top1": val_top1, "img_per_s": steps * cfg.batch_size / train_time,
                    "epoch_time_s": time.perf_counter() - start + setup_time}
         setup_time = 0.0
-        if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
-            save_checkpoint(out_dir, model=net.head, optimizer=optimizer, epoch=epoch, config=config,
-                            extra={"protocol": PROTOCOL, "metrics": metrics, "rng": rng_state()})
-        if report is not None:
-            report(metrics)
-    return metrics
+        return metrics
+
+    return run.epochs(one_epoch, model=net.head, optimizer=optimizer, effective_batch=cfg.effective_batch,
+                      report=report)
 
 
 def build_probe(job: LinearProbeJob, num_classes: int, encoder: Mapping[str, Tensor] | None) -> ClassifierViT:

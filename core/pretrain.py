@@ -21,28 +21,27 @@ from __future__ import annotations
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from timm.optim import param_groups_weight_decay
 
-from core.checkpoint import load_latest, save_checkpoint, save_encoder
+from core.checkpoint import save_encoder
 from core.config import PretrainJob
 from core.data import DataSource, open_dataset
-from core.device import autocast, choose_attention, resolve_device, seed_everything, warn_if_nondeterministic
+from core.device import autocast, choose_attention
 from core.distributed import Dist, unwrap
+from core.engine import Report, Run
 from core.errors import ConfigError
 from core.flops import train_flops_per_image
 from core.model import MaskedAutoencoder
 from core.progress import EpochProgress
 from core.schedule import adjust_learning_rate
+from core.seeding import Stream, generator
 
-Report = Callable[[dict], None]
+PROTOCOL = "pretrain"
 RECON_FILE = "reconstructions.npz"
-MASK_STREAM = 0x6D61736B  # "mask": keeps mask seeds apart from data seeds of the same numbers
 
 
 def pretrain(job: PretrainJob, out_dir: Path, report: Report | None = None) -> dict:
@@ -53,36 +52,19 @@ def pretrain(job: PretrainJob, out_dir: Path, report: Report | None = None) -> d
     every rank must see the same `out_dir` (one machine, or storage shared by the nodes).
     """
     cfg = job.pretrain
-    out_dir = Path(out_dir)
-    dist = Dist.current(resolve_device(cfg.device))
-    warn_if_nondeterministic(dist.device)
-    device = dist.device
-    if dist.is_main():
-        out_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)  # the same initial weights on every rank (DDP broadcasts rank 0's anyway)
+    run = Run.start(PROTOCOL, job, cfg, out_dir)
+    dist, device, out_dir = run.dist, run.device, run.out_dir
     source = open_dataset(job.data, img_size=job.model.img_size, in_chans=job.model.in_chans)
     model = choose_attention(MaskedAutoencoder(job.model).to(device), device, cfg.precision)
     peak_lr = cfg.lr(workers=dist.world_size)
     # fused: one kernel for all parameters (the per-tensor loop cost ~10% of a small model's step on CPU)
     optimizer = torch.optim.AdamW(param_groups_weight_decay(model, cfg.weight_decay), lr=peak_lr, betas=cfg.betas,
                                   fused=True)
-
-    start_epoch, wall_clock = 0, 0.0
-    state = load_latest(out_dir)  # saved from the unwrapped model: loads on any number of workers
     effective_batch = cfg.effective_batch * dist.world_size
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, wall_clock = state["epoch"] + 1, float(state.get("wall_clock_s", 0.0))
-        before = state.get("effective_batch")
-        if before is not None and before != effective_batch and dist.is_main():
-            warnings.warn(f"{out_dir}: resuming a run trained with an effective batch of {before} at {effective_batch} "
-                          f"(batch_size x workers x accum_iter): its peak lr and images per step change; keep the "
-                          f"product to continue the same run", stacklevel=2)
-    elif model.target.needs_fit:
+    # saved from the unwrapped model: a checkpoint loads on any number of workers
+    if not run.resume(model, optimizer, effective_batch) and model.target.needs_fit:
         fit_target(model, source, cfg.seed, device)  # identical on every rank: same seed, same images
+    wall_clock = float((run.state or {}).get("wall_clock_s", 0.0))
 
     flops = train_flops_per_image(model, device)  # before DDP: its backward must not reach the reducer
     # A parameter without a gradient (the decoder's mask token when the encoder takes the mask
@@ -90,20 +72,15 @@ def pretrain(job: PretrainJob, out_dir: Path, report: Report | None = None) -> d
     unused = job.model.mask_token_in_encoder or job.model.mask_ratio == 0
     ddp = dist.wrap_ddp(model, find_unused_parameters=unused)
     step_fn = torch.compile(ddp) if cfg.compile else ddp
-    metrics: dict = {}
-    for epoch in range(start_epoch, cfg.epochs):
+
+    def one_epoch(epoch: int) -> dict:
+        nonlocal wall_clock
         metrics = train_one_epoch(step_fn, optimizer, source, job, epoch, dist, ddp=ddp, peak_lr=peak_lr)
         wall_clock += metrics["epoch_time_s"]
-        metrics.update(pretrain_wall_clock_s=wall_clock, train_flops_per_img=flops)
-        if dist.is_main() and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
-            save_checkpoint(out_dir, model=model, optimizer=optimizer, epoch=epoch, config=job.model_dump(mode="json"),
-                            extra={"wall_clock_s": wall_clock, "metrics": metrics, "workers": dist.world_size,
-                                   "effective_batch": effective_batch})
-        dist.barrier()  # nobody runs ahead of a checkpoint that is still being written
-        if report is not None and dist.is_main():
-            report(metrics)
-    if not metrics and state is not None:  # already finished: report what the checkpoint holds
-        metrics = dict(state.get("metrics", {}))
+        return {**metrics, "pretrain_wall_clock_s": wall_clock, "train_flops_per_img": flops}
+
+    metrics = run.epochs(one_epoch, model=model, optimizer=optimizer, effective_batch=effective_batch, report=report,
+                         keep=lambda: {"wall_clock_s": wall_clock})
     result = {"pretrain_loss": metrics.get("loss", float("nan")), "img_per_s": metrics.get("img_per_s", float("nan")),
               "pretrain_wall_clock_s": wall_clock, "train_flops_per_img": flops, "epochs": cfg.epochs,
               "workers": dist.world_size}
@@ -117,9 +94,7 @@ def pretrain(job: PretrainJob, out_dir: Path, report: Report | None = None) -> d
 
 def mask_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     """The mask noise of global micro-batch `index` of an epoch: the same on any rank that processes it."""
-    entropy = [seed % 2**64, epoch, index, MASK_STREAM]
-    state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
+    return generator(seed, Stream.MASK, epoch, index)
 
 
 def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, source: DataSource,
@@ -142,9 +117,6 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, so
         global_batch = cfg.batch_size * dist.world_size * cfg.accum_iter
         raise ConfigError(f"batch_size x workers x accum_iter = {cfg.batch_size} x {dist.world_size} x "
                          f"{cfg.accum_iter} = {global_batch} exceeds the {source.num_samples('train')} training images")
-    # Any other draw from the global generator (none in MAE itself) differs between ranks.
-    entropy = np.random.SeedSequence([cfg.seed % 2**64, epoch, dist.rank]).generate_state(1, dtype=np.uint64)[0]
-    torch.manual_seed(int(entropy))
     batches = source.batches("train", batch_size=cfg.batch_size, augmentation=job.data.augmentation, shuffle=True,
                              seed=cfg.seed, epoch=epoch, device=device, shard=dist.shard)
     base = unwrap(ddp)

@@ -189,31 +189,6 @@ def test_cached_features_train_the_same_head_as_the_live_path(encoder, tmp_path)
         assert fast[key] == pytest.approx(slow[key], abs=1e-4), key
 
 
-def test_probe_resumed_after_an_interrupt_matches_an_uninterrupted_run(encoder, tmp_path):
-    job = probe_job(epochs=3, augmentation="crop_random", blr=5.0)
-    whole = linear_probe(job, encoder, tmp_path / "whole")
-
-    class Interrupt(Exception):
-        pass
-
-    def die_after_epoch_1(metrics):
-        if metrics["epoch"] == 1:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        linear_probe(job, encoder, tmp_path / "cut", report=die_after_epoch_1)
-    random.seed(123), np.random.seed(123), torch.manual_seed(123)  # a fresh process's RNGs differ too
-    reported = []
-    resumed = linear_probe(job, encoder, tmp_path / "cut", report=reported.append)
-    assert [m["epoch"] for m in reported] == [2]
-    assert {k: resumed[k] for k in resumed.keys() - TIMING} == {k: whole[k] for k in whole.keys() - TIMING}
-    for key, value in probe_state(tmp_path / "whole").items():
-        assert torch.equal(probe_state(tmp_path / "cut")[key], value), key
-    # A finished run returns its result again without training.
-    again = linear_probe(job, encoder, tmp_path / "cut", report=reported.append)
-    assert again == resumed and len(reported) == 1
-
-
 def test_probe_refuses_another_config_in_the_same_folder(encoder, tmp_path):
     linear_probe(probe_job(epochs=1, augmentation="none"), encoder, tmp_path)
     with pytest.raises(ValueError, match="different config"):

@@ -19,29 +19,6 @@ def job(epochs: int = 2, **pre) -> PretrainJob:
                                                          device="cpu"), **pre}))
 
 
-def test_interrupted_and_resumed_run_ends_at_the_same_loss(tmp_path):
-    straight = []
-    pretrain(job(2), tmp_path / "a", report=straight.append)
-    # Stop after one epoch: run a 2-epoch job whose report raises after epoch 0 (as a kill would).
-    class Stop(Exception):
-        pass
-
-    def stop_after_first(m):
-        if m["epoch"] == 0:
-            raise Stop
-
-    with pytest.raises(Stop):
-        pretrain(job(2), tmp_path / "b", report=stop_after_first)
-    assert (tmp_path / "b" / LAST).exists()
-    resumed = []
-    result = pretrain(job(2), tmp_path / "b", report=resumed.append)
-    assert [m["epoch"] for m in resumed] == [1]
-    assert resumed[0]["loss"] == pytest.approx(straight[1]["loss"], rel=1e-6)
-    assert result["pretrain_loss"] == pytest.approx(straight[1]["loss"], rel=1e-6)
-    a, b = load_encoder(tmp_path / "a"), load_encoder(tmp_path / "b")
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
-
-
 def test_finished_run_is_not_trained_again(tmp_path):
     pretrain(job(1), tmp_path)
     again = []
