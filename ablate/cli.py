@@ -20,11 +20,12 @@ import typer.core
 from rich.console import Console
 from typer.core import TyperGroup
 
-from ablate import crash, preflight, store
 from ablate.errors import EXIT_BAD_INPUT, CannotRun, StudyError
-from ablate.plan import Plan, plan
-from ablate.profiles import DEFAULT_PROFILE, load_profile
-from ablate.study import load_study
+from ablate.execution import preflight, store
+from ablate.planning.plan import Plan, plan
+from ablate.presentation import crash
+from ablate.spec.profiles import DEFAULT_PROFILE, load_profile
+from ablate.spec.study import load_study
 
 # The click typer parses with: typer 0.29 vendors it as `typer._click`, older typers use `click`.
 _CLICK = getattr(typer.core, "_click", None) or importlib.import_module("click")
@@ -126,7 +127,7 @@ def load(study_file: Path, profile: str | None, out: Path | None = None, *, seed
     with bad_input():
         study = load_study(study_file)
         if out is not None:  # reuse what the study last ran with
-            from ablate.runner import last_profile, last_run
+            from ablate.execution.runner import last_profile, last_run
             folder = store.study_dir(out, study.name)
             profile = profile if profile is not None else last_profile(folder)
             seeds = seeds if seeds is not None else last_run(folder).get("seed_count")
@@ -149,7 +150,7 @@ def validate(study: StudyArg, profile: ProfileOpt = None, seeds: SeedsOpt = None
 def show_plan(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT_OUT,
               seeds: SeedsOpt = None) -> None:
     """Show the stage table (arm, stage, stage id, done?) with a cost estimate. Runs and writes nothing."""
-    from ablate.views import plan_table
+    from ablate.presentation.views import plan_table
 
     p = load(study, profile, seeds=seeds)
     plan_table(p, out, _console())
@@ -184,8 +185,8 @@ def run(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT
                                                             show_default=False)] = None,
         ) -> None:
     """Run a study (or resume it: finished stages are skipped), tracked in MLflow, then draw its report."""
-    from ablate.runner import run_study
-    from ablate.views import outcome_summary
+    from ablate.execution.runner import run_study
+    from ablate.presentation.views import outcome_summary
 
     if backend is BackendName.serial and (address or max_concurrent):
         option = "--address" if address else "--max-concurrent"
@@ -220,7 +221,7 @@ def _settle_stale(p: Plan, out: Path, rerun: bool, keep: bool) -> None:
     if not stale:
         return
     if not (rerun or keep):
-        from ablate.views import stale_line
+        from ablate.presentation.views import stale_line
         typer.echo(f"cannot run {p.study.name}: {stale_line(stale)}", err=True)
         raise typer.Exit(EXIT_BAD_INPUT)
     if keep:
@@ -236,12 +237,12 @@ def _settle_stale(p: Plan, out: Path, rerun: bool, keep: bool) -> None:
 
 
 def make_backend(name: BackendName, address: str | None, max_concurrent: int | None, say, launch=None):
-    """The backend `ablate run` runs a study on; `launch` runs each stage's engine (ablate/stages.py:
+    """The backend `ablate run` runs a study on; `launch` runs each stage's engine (ablate/execution/stages.py:
     a program embedding the CLI may wrap it, e.g. to profile; the tests inject faults so)."""
     if name is BackendName.serial:
-        from ablate.serial_backend import SerialBackend
+        from ablate.execution.serial_backend import SerialBackend
         return SerialBackend(launch)
-    from ablate.ray_backend import RayBackend
+    from ablate.execution.ray_backend import RayBackend
     return RayBackend(address, max_concurrent, say=say, launch=launch)
 
 
@@ -251,7 +252,7 @@ def status(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFA
     """Per-stage state from the stage store: done (and from which numerics version), failed (with the
     error), blocked or pending; where each ran; this study's and the whole store's size, and what
     `ablate clean` frees of each."""
-    from ablate.views import status_table
+    from ablate.presentation.views import status_table
 
     p = load(study, profile, out, seeds=seeds)
     crash.write_into(store.study_dir(out, p.study.name))
@@ -264,7 +265,7 @@ def ui(study: StudyArg, out: OutOpt = store.DEFAULT_OUT,
     """Open the study's MLflow UI (mlflow ui on 127.0.0.1)."""
     with bad_input():
         s = load_study(study)
-    from ablate.runner import last_run
+    from ablate.execution.runner import last_run
 
     tracked = last_run(store.study_dir(out, s.name)).get("mlflow") or {}
     uri = tracked.get("tracking_uri") or s.tracking.uri  # where its last run logged (--tracking-uri), else the file's
@@ -301,8 +302,8 @@ def ui(study: StudyArg, out: OutOpt = store.DEFAULT_OUT,
 def report(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT_OUT,
            seeds: SeedsOpt = None) -> None:
     """Rebuild results.csv and history.csv from the stage store and redraw the figures and tables."""
-    from ablate import results
-    from ablate.runner import last_run
+    from ablate.execution.runner import last_run
+    from ablate.presentation import results
 
     p = load(study, profile, out, seeds=seeds)
     folder = store.study_dir(out, p.study.name)
@@ -321,7 +322,7 @@ def clean(out: OutOpt = store.DEFAULT_OUT,
           dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be removed.")] = False) -> None:
     """Free disk space: remove the resume checkpoints of finished stages (every study under --out).
     Results, metrics, encoders, pictures and MLflow stay; nothing unfinished is touched."""
-    from ablate.views import human_bytes
+    from ablate.presentation.views import human_bytes
 
     files = store.resume_files(out)
     size = sum(p.stat().st_size for p in files)  # before they go

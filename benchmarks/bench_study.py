@@ -81,9 +81,9 @@ def critical_path_seconds(stages: dict[str, dict], slots: int) -> float:
 
 
 def study_overhead(study: Path, profile: str, seeds: int | None = None, keep: Path | None = None) -> dict:
-    from ablate.plan import plan
-    from ablate.profiles import load_profile
-    from ablate.study import load_study
+    from ablate.planning.plan import plan
+    from ablate.spec.profiles import load_profile
+    from ablate.spec.study import load_study
 
     the_plan = plan(load_study(study).with_seeds(seeds), load_profile(profile))
     with tempfile.TemporaryDirectory() as tmp:

@@ -174,7 +174,7 @@ class OptimConfig(Frozen):
     seed: int = Field(0, ge=0, le=MAX_SEED)
     threads: int | None = Field(None, ge=1)  # torch intra-op threads; None: leave as is
     # At least this many optimizer steps: where the training split is small, the study planner
-    # raises `epochs` to ceil(min_steps / steps per epoch) (ablate.plan.with_min_steps), so a short
+    # raises `epochs` to ceil(min_steps / steps per epoch) (ablate.planning.plan.with_min_steps), so a short
     # schedule still trains on a small dataset and a stage's identity holds the epochs it runs.
     min_steps: int = Field(0, ge=0)
 

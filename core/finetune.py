@@ -20,7 +20,7 @@ drop path: they are a fixed feature extractor) and are left out of the optimiser
 bit-equal.
 
 Data-parallel, as core/pretrain.py: when a launcher has initialised torch.distributed
-(ablate/distributed.py), every rank trains its shard of each epoch's micro-batches under DDP;
+(ablate/execution/distributed.py), every rank trains its shard of each epoch's micro-batches under DDP;
 the effective batch is batch_size x world_size x accum_iter (the lr rule uses it); gradients are
 all-reduced once per optimizer step (`no_sync` on the other accumulation micro-steps); evaluation
 is sharded and its hit counts summed; rank 0 alone checkpoints and calls `report`. Images and

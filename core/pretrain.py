@@ -6,7 +6,7 @@ then cosine, gradient accumulation. Added: bf16 autocast on CPU and GPU, optiona
 exact resume at epoch boundaries (data order and masks are functions of seed and epoch), a
 checksum on every checkpoint, a clear error on a non-finite loss.
 
-Data-parallel: when a launcher has initialised torch.distributed (ablate/distributed.py runs this
+Data-parallel: when a launcher has initialised torch.distributed (ablate/execution/distributed.py runs this
 function under Ray Train's TorchTrainer), the same function trains one shard per rank under DDP.
 The effective batch is batch_size x world_size x accum_iter (the lr rule uses it); gradients are
 all-reduced once per optimizer step (`no_sync` on the other accumulation micro-steps, which the

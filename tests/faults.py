@@ -1,4 +1,4 @@
-"""Fault injection for the tests, through the backends' public `launch` seam (ablate/stages.py).
+"""Fault injection for the tests, through the backends' public `launch` seam (ablate/execution/stages.py).
 
 `Fault(rules)` is a launch: it runs the stage's engine as it is and, right after an epoch is
 recorded and reported, does what a rule says for that stage, driven by the engine's own progress
@@ -24,8 +24,9 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from ablate import cli, store
-from ablate.serial_backend import WorkerCrashed
+from ablate import cli
+from ablate.execution import store
+from ablate.execution.serial_backend import WorkerCrashed
 from core.errors import NonFiniteLoss
 
 ACTIONS = ("crash", "sigkill", "nan", "kill-driver", "fill-disk")

@@ -7,11 +7,11 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from ablate import store
 from ablate.cli import app
-from ablate.plan import plan
-from ablate.profiles import load_profile
-from ablate.study import load_study
+from ablate.execution import store
+from ablate.planning.plan import plan
+from ablate.spec.profiles import load_profile
+from ablate.spec.study import load_study
 
 def tiny_profile(what: str, *, pretrain_epochs: int = 2, probe_epochs: int = 1, finetune: bool = True,
                  threads: bool = True, resources: bool = True, throughput: bool = False) -> str:

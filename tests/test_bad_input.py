@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ablate import store
 from ablate.cli import app
+from ablate.execution import store
 from tests.helpers import TINY_PROFILE
 
 GOOD = "name: s\nevaluations: [linear_probe]\n"
@@ -189,8 +189,8 @@ def test_bad_command_line(workdir, case):
 
 def test_run_says_where_it_writes_and_reads_before_writing_anything(workdir, monkeypatch):
     """The output root and each dataset's location are printed before anything is created."""
-    import ablate.runner
-    from ablate.runner import Outcome
+    import ablate.execution.runner
+    from ablate.execution.runner import Outcome
 
     seen = {}
 
@@ -198,7 +198,7 @@ def test_run_says_where_it_writes_and_reads_before_writing_anything(workdir, mon
         seen["existed"] = Path(out_root).exists()
         return Outcome(store.study_dir(out_root, plan.study.name), states={})
 
-    monkeypatch.setattr(ablate.runner, "run_study", fake_run_study)
+    monkeypatch.setattr(ablate.execution.runner, "run_study", fake_run_study)
     study = workdir / "good.yaml"
     study.write_text(GOOD)
     out = workdir / "out"
@@ -212,10 +212,10 @@ def test_run_says_where_it_writes_and_reads_before_writing_anything(workdir, mon
 
 
 def test_run_names_the_real_data_folder(workdir, monkeypatch):
-    import ablate.runner
-    from ablate.runner import Outcome
+    import ablate.execution.runner
+    from ablate.execution.runner import Outcome
 
-    monkeypatch.setattr(ablate.runner, "run_study",
+    monkeypatch.setattr(ablate.execution.runner, "run_study",
                         lambda plan, out_root, **kw: Outcome(store.study_dir(out_root, plan.study.name), states={}))
     data = workdir / "fmnist"
     data.mkdir()
@@ -245,10 +245,10 @@ def test_a_checkpoint_that_would_run_code_is_refused_on_resume(tmp_path):
 
     import torch
 
-    from ablate.plan import plan
-    from ablate.profiles import load_profile
-    from ablate.stages import run_stage
-    from ablate.study import load_study
+    from ablate.execution.stages import run_stage
+    from ablate.planning.plan import plan
+    from ablate.spec.profiles import load_profile
+    from ablate.spec.study import load_study
 
     (tmp_path / "profiles").mkdir()
     (tmp_path / "profiles" / "tiny.yaml").write_text(TINY_PROFILE)
@@ -280,11 +280,11 @@ def test_only_a_typed_deterministic_error_fails_a_stage_at_once(tmp_path):
 
     from ray.exceptions import ActorDiedError
 
-    from ablate.plan import plan
-    from ablate.profiles import load_profile
-    from ablate.ray_backend import _worker_died
-    from ablate.stages import StageFailed, run_stage
-    from ablate.study import load_study
+    from ablate.execution.ray_backend import _worker_died
+    from ablate.execution.stages import StageFailed, run_stage
+    from ablate.planning.plan import plan
+    from ablate.spec.profiles import load_profile
+    from ablate.spec.study import load_study
     from core.errors import ConfigError, Deterministic, NonFiniteLoss
 
     (tmp_path / "profiles").mkdir()

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ablate import store
 from ablate.cli import app
-from ablate.plan import plan
-from ablate.profiles import load_profile
-from ablate.study import load_study
+from ablate.execution import store
+from ablate.planning.plan import plan
+from ablate.spec.profiles import load_profile
+from ablate.spec.study import load_study
 from tests.helpers import tiny_profile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def test_plan_prints_the_stage_table_and_writes_nothing(project):
 
 def test_plan_on_a_gpu_profile_prints_gpu_hours_and_where_its_speed_comes_from():
     """GPU-hours = each stage's estimated seconds x its workers x the GPUs of a worker, summed."""
-    from ablate.cost import estimate
+    from ablate.planning.cost import estimate
 
     study_file = ROOT / "studies" / "masking_ratio.yaml"
     result = invoke("plan", str(study_file), "--profile", "paper")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ablate import ray_cluster
+from ablate.execution import ray_cluster
 from tests.helpers import tiny_profile
 
 pytestmark = pytest.mark.slow
@@ -120,7 +120,7 @@ def test_stale_current_cluster_file_and_token_cluster_give_the_same_results(proj
 
 
 def ray_cluster_cpu() -> str:
-    from ablate.node import cpu_model
+    from ablate.execution.node import cpu_model
     return cpu_model()
 
 
@@ -160,7 +160,8 @@ def test_unexpected_error_is_one_line_with_the_traceback_in_a_file(project, monk
     nothing is created under --out; afterwards it is in the study folder."""
     from typer.testing import CliRunner
 
-    from ablate import cli, preflight
+    from ablate import cli
+    from ablate.execution import preflight
 
     monkeypatch.chdir(project)
     monkeypatch.setenv("XDG_CACHE_HOME", str(project / "cache"))
@@ -262,10 +263,10 @@ def test_a_node_lost_mid_stage_costs_only_its_work_the_stage_resumes_on_another(
 
     from ray.cluster_utils import Cluster
 
-    from ablate import store
-    from ablate.plan import plan
-    from ablate.profiles import load_profile
-    from ablate.study import load_study
+    from ablate.execution import store
+    from ablate.planning.plan import plan
+    from ablate.spec.profiles import load_profile
+    from ablate.spec.study import load_study
 
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})

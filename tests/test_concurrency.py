@@ -1,4 +1,4 @@
-"""Drivers that share an output root: the stage lease (ablate/lease.py), and two `ablate run` of one
+"""Drivers that share an output root: the stage lease (ablate/execution/lease.py), and two `ablate run` of one
 study started together, each a real subprocess with its own Ray, one sqlite MLflow store."""
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ablate import lease, store
-from ablate.lease import Lease
+from ablate.execution import lease, store
+from ablate.execution.lease import Lease
 from tests.helpers import tiny_profile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,9 +84,9 @@ def test_two_drivers_on_one_root_run_each_stage_once_with_one_mlflow_run_each(tm
         assert driver.returncode == 0, output[-3000:]
         assert "Traceback" not in output
 
-    from ablate.plan import plan
-    from ablate.profiles import load_profile
-    from ablate.study import load_study
+    from ablate.planning.plan import plan
+    from ablate.spec.profiles import load_profile
+    from ablate.spec.study import load_study
 
     s = load_study(tmp_path / "shared.yaml")
     stages = plan(s, load_profile(str(tmp_path / "tiny.yaml"), s.source)).stages

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ablate.distributed import _original_error, resource_shortfall, run_data_parallel
+from ablate.execution.distributed import _original_error, resource_shortfall, run_data_parallel
 from core.checkpoint import LAST, load_encoder, safe_load
 from core.config import DataConfig, ModelConfig, PretrainConfig, PretrainJob
 from core.data import DataSource, open_dataset, shard_batches

@@ -24,9 +24,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from ablate import store
 from ablate.cli import app
-from ablate.stages import run_stage
+from ablate.execution import store
+from ablate.execution.stages import run_stage
 from tests import faults
 from tests.helpers import PROFILE, mlflow_runs, run, stamps, the_plan
 
@@ -209,7 +209,7 @@ def test_an_epoch_written_but_never_reported_still_reaches_mlflow(root):
     """The race behind the SIGKILL test's occasional gap: the worker writes epoch 0 to
     metrics.jsonl and dies before its report crosses to the driver. The retry resumes after
     epoch 0, so only the stage's file has it; the tracker logs it from there, once."""
-    from ablate.tracking import StudyTracker
+    from ablate.tracking.tracker import StudyTracker
 
     project = make_project(root / "unreported")
     study = write(project, "gap", "name: {name}\nevaluations: []\nfigures: []\n")

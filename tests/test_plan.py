@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from ablate.cost import estimate, mae_train_flops
-from ablate.plan import canonical_json, plan, stage_id
-from ablate.profiles import parse_profile
-from ablate.study import parse_study
+from ablate.planning.cost import estimate, mae_train_flops
+from ablate.planning.plan import canonical_json, plan, stage_id
+from ablate.spec.profiles import parse_profile
+from ablate.spec.study import parse_study
 from core.config import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,9 +156,9 @@ def test_plan_is_pure():
     """Planning imports no Ray, MLflow or torch, and writes nothing."""
     code = (
         "import sys, os\n"
-        "from ablate.study import load_study\n"
-        "from ablate.profiles import load_profile\n"
-        "from ablate.plan import plan\n"
+        "from ablate.spec.study import load_study\n"
+        "from ablate.spec.profiles import load_profile\n"
+        "from ablate.planning.plan import plan\n"
         "s = load_study('studies/masking_ratio.yaml')\n"
         "p = plan(s, load_profile('laptop', s.source))\n"
         "bad = [m for m in ('ray', 'mlflow', 'torch') if m in sys.modules]\n"

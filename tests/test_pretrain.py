@@ -89,8 +89,8 @@ def test_zero_epochs_is_the_random_encoder_baseline(tmp_path):
 def test_a_run_that_cannot_be_reproduced_bit_for_bit_says_so(tmp_path):
     """On CUDA the engines warn (recorded in the stage folder, shown in the live view, `ablate
     status` and the MLflow run); on CPU, where the same seed gives the same numbers, they do not."""
-    from ablate import store
-    from ablate.stage_warnings import recording
+    from ablate.execution import store
+    from ablate.execution.stage_warnings import recording
     from core.device import warn_if_nondeterministic
 
     with recording(tmp_path):

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from ablate import store
 from ablate.cli import app
+from ablate.execution import store
 from tests import faults
 from tests.helpers import PROFILE, mlflow_client, mlflow_runs, run, stamps, the_plan
 
@@ -256,7 +256,7 @@ def test_the_serial_backend_gives_the_ray_backends_numbers_without_importing_ray
               f"code = app(['run', {str(study)!r}, '--profile', 'tiny', '--out', {str(project / 'serial')!r}, "
               "'--backend', 'serial'], standalone_mode=False)\n"
               "assert 'ray' not in sys.modules, sorted(m for m in sys.modules if m.startswith('ray'))\n"
-              "import ablate.runner, ablate.events, ablate.serial_backend\n"
+              "import ablate.execution.runner, ablate.execution.events, ablate.execution.serial_backend\n"
               "assert 'ray' not in sys.modules\n")
     serial = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert serial.returncode == 0, serial.stdout + serial.stderr
@@ -274,7 +274,7 @@ def test_stages_of_another_numerics_version_are_shown_and_never_reused_silently(
     `ablate run` refuses in one line until the user chooses; --keep-stale keeps them (recorded),
     --rerun-stale recomputes them and what was computed from them, beside the old folders."""
     import core
-    from ablate import node
+    from ablate.execution import node
 
     study = write_study(project, "ver", text="name: {name}\nevaluations: {evaluations}\nfigures: []\n")
     p = the_plan(study)
@@ -334,7 +334,7 @@ def test_clean_frees_the_resume_checkpoints_of_finished_stages_only(project):
     status = CliRunner().invoke(app, ["status", str(study), "--out", str(out)])
     # The study's share of the store (its stage folders) and the whole store (also the unfinished
     # stage of no study here), each with what `ablate clean` would free.
-    from ablate.views import human_bytes
+    from ablate.presentation.views import human_bytes
     mine = sum(f.stat().st_size for sid in p.stages for f in store.stage_dir(out, sid).rglob("*") if f.is_file())
     whole = mine + 100
     said = " ".join(status.stdout.split())

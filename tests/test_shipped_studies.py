@@ -25,9 +25,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ablate.plan import plan
-from ablate.profiles import load_profile
-from ablate.study import load_study
+from ablate.planning.plan import plan
+from ablate.spec.profiles import load_profile
+from ablate.spec.study import load_study
 
 pytestmark = pytest.mark.slow
 

@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 from ablate.cli import app
 from ablate.errors import StudyError
-from ablate.plan import plan
-from ablate.profiles import BUILTIN_DIR, available_profiles, load_profile
-from ablate.study import load_study, parse_study
+from ablate.planning.plan import plan
+from ablate.spec.profiles import BUILTIN_DIR, available_profiles, load_profile
+from ablate.spec.study import load_study, parse_study
 from tests.helpers import BAD, TINY_PROFILE
 
 STUDIES = sorted(Path(__file__).resolve().parents[1].joinpath("studies").glob("*.yaml"))

@@ -17,15 +17,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ablate import store
 from ablate.cli import app
-from ablate.cost import estimate
-from ablate.distributed import resource_shortfall
 from ablate.errors import StudyError
-from ablate.plan import plan, stage_id
-from ablate.profiles import load_profile, parse_profile
-from ablate.stages import run_stage
-from ablate.study import Resources, load_study, parse_study
+from ablate.execution import store
+from ablate.execution.distributed import resource_shortfall
+from ablate.execution.stages import run_stage
+from ablate.planning.cost import estimate
+from ablate.planning.plan import plan, stage_id
+from ablate.spec.profiles import load_profile, parse_profile
+from ablate.spec.study import Resources, load_study, parse_study
 from tests.helpers import tiny_profile as profile_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,7 +161,7 @@ def test_run_stage_refuses_a_data_parallel_stage_in_process(tmp_path):
 # ---- what the trial asks Ray for -----------------------------------------------------------------
 
 def test_a_data_parallel_trial_holds_next_to_nothing():
-    from ablate.ray_backend import DRIVER_BUNDLE, TrialResources
+    from ablate.execution.ray_backend import DRIVER_BUNDLE, TrialResources
 
     p = make(resources={"workers": 2, "cpu": 1})
     request = TrialResources(list(p.stages.values()), p.resources)
@@ -362,7 +362,7 @@ def test_a_two_worker_study_runs_end_to_end_and_matches_one_worker_with_twice_th
 
 @pytest.mark.slow
 def test_a_wave_with_data_parallel_stages_starts_only_what_the_cluster_places(ray_session):
-    from ablate.ray_backend import concurrent_trials
+    from ablate.execution.ray_backend import concurrent_trials
 
     p = make(axes={"model.mask_ratio": [0.5, 0.75]}, resources={"workers": 2, "cpu": 1})
     pretrains = [s for s in p.stages.values() if s.kind == "pretrain"]

@@ -9,11 +9,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ablate import lease, store
-from ablate.cost import estimate
-from ablate.plan import Plan
-from ablate.results import RESULTS
-from ablate.runner import Outcome, current_states
+from ablate.execution import lease, store
+from ablate.execution.runner import Outcome, current_states
+from ablate.planning.cost import estimate
+from ablate.planning.plan import Plan
+from ablate.presentation.results import RESULTS
 
 
 def duration(seconds: float | None) -> str:

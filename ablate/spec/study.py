@@ -2,7 +2,7 @@
 
 A study is frozen, extra keys are refused, and it names no code: every overlay key is a field of
 one of the five config sections below. The full merged config of every arm is validated when the
-study is planned (`ablate.plan`), so an axis value that breaks a config is caught before any run.
+study is planned (`ablate.planning.plan`), so an axis value that breaks a config is caught before any run.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from core.config import DataConfig, ModelConfig, PretrainConfig
 from core.eval_config import FinetuneConfig, LinearProbeConfig
 from ablate.errors import StudyError, from_validation
-from ablate.yamlfile import read_mapping
+from ablate.spec.yamlfile import read_mapping
 
 # Overlay sections: the study's name for each part of a resolved config, and its config class.
 SECTIONS: dict[str, type[BaseModel]] = {
@@ -86,7 +86,7 @@ class Resources(Frozen):
     """What one trial takes. With `workers` 1, `cpu` and `gpu` are the trial's (a fractional gpu
     packs several trials on one GPU; Ray does not cap their memory). With `workers` N > 1 they are
     per worker: pre-training and fine-tuning stages run data-parallel on N workers of that size
-    (ablate/distributed.py), the other stages on one."""
+    (ablate/execution/distributed.py), the other stages on one."""
 
     workers: int = Field(1, ge=1, strict=True)
     cpu: float = Field(1, gt=0)

@@ -1,7 +1,7 @@
 """The serial backend: every stage of a wave in this process, one after another, without Ray.
 
 For a breakpoint in core/ (it stops in your own process), for a machine without Ray, and for the
-tests that are not about Ray. It keeps the Ray backend's contract (ablate/events.py; one test
+tests that are not about Ray. It keeps the Ray backend's contract (ablate/execution/events.py; one test
 suite runs over both): pre-trainings first, a child once its parent is done and never below a
 parent that failed, MAX_FAILURES retries from the stage's checkpoint, the same events and files.
 A data-parallel stage needs Ray's workers and is refused before anything starts.
@@ -11,12 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from ablate import store
 from ablate.errors import CannotRun
-from ablate.events import MAX_FAILURES, Interrupted, Listeners, numeric
-from ablate.plan import Stage
-from ablate.stages import Launch, StageFailed, run_stage
-from ablate.study import Resources
+from ablate.execution import store
+from ablate.execution.events import MAX_FAILURES, Interrupted, Listeners, numeric
+from ablate.execution.stages import Launch, StageFailed, run_stage
+from ablate.planning.plan import Stage
+from ablate.spec.study import Resources
 
 
 class WorkerCrashed(BaseException):
@@ -25,7 +25,7 @@ class WorkerCrashed(BaseException):
 
 
 class SerialBackend:
-    """`launch` runs each stage's engine (ablate/stages.py; default: as it is), for a profiler or
+    """`launch` runs each stage's engine (ablate/execution/stages.py; default: as it is), for a profiler or
     the tests' fault injection (tests/faults.py)."""
 
     def __init__(self, launch: Launch | None = None) -> None:

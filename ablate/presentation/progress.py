@@ -11,8 +11,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from ablate import store
-from ablate.plan import Plan
+from ablate.execution import store
+from ablate.planning.plan import Plan
 
 PLAIN_EVERY_S = 10.0  # plain output: at most one epoch line per stage this often (and the last epoch)
 # The metric worth watching per stage kind.
@@ -33,7 +33,7 @@ class LiveView:
     def __init__(self, plan: Plan, states: dict[str, str], console: Console | None = None,
                  live: bool | None = None, out_root: Path | None = None):
         self.plan = plan
-        self.out_root = out_root  # where stages record their warnings (ablate/stage_warnings.py)
+        self.out_root = out_root  # where stages record their warnings (ablate/execution/stage_warnings.py)
         self._warned: set[tuple[float, str]] = set()
         self.states = dict(states)
         self.console = console or Console()

@@ -1,11 +1,11 @@
 """Running one stage: its folder in the stage store, the core function, its files. No Ray, no MLflow.
 
-`run_stage` is what a Ray Tune trial calls (ablate/ray_backend.py) and what a test or a debugger
+`run_stage` is what a Ray Tune trial calls (ablate/execution/ray_backend.py) and what a test or a debugger
 can call directly. The core functions resume from their own checkpoint in the stage folder, so a
 retried or re-run stage continues where it stopped.
 
 A data-parallel stage (`stage.workers` > 1) runs its engine through the `launch` the caller
-gives (the Ray backend's runs it on Ray Train workers, ablate/distributed.py); everything else
+gives (the Ray backend's runs it on Ray Train workers, ablate/execution/distributed.py); everything else
 here (the folder, its lock, metrics.jsonl, result.json, the failure record) stays in the caller's
 process, and rank 0's per-epoch metrics come back to it through `report`.
 """
@@ -22,10 +22,11 @@ from typing import Any, Callable, Iterator
 
 import core
 from core.errors import Deterministic
-from ablate import node, pictures, store
-from ablate.lease import Lease
-from ablate.plan import Stage
-from ablate.stage_warnings import recording as recording_warnings
+from ablate.execution import node, store
+from ablate.execution.lease import Lease
+from ablate.execution.stage_warnings import recording as recording_warnings
+from ablate.planning.plan import Stage
+from ablate.presentation import pictures
 
 Report = Callable[[dict], None]
 
@@ -66,7 +67,7 @@ class StageJob:
 
 def run_engine(job: StageJob, out_dir: Path, report: Report | None) -> dict:
     """The stage's core function on its parent's encoder: `fn(job, out_dir, report)` as
-    `ablate.distributed.run_data_parallel` runs it on each worker, or in process."""
+    `ablate.execution.distributed.run_data_parallel` runs it on each worker, or in process."""
     stage = job.stage
     return CORE_FUNCTIONS[stage.runner](stage.job(), _load_parent_encoder(Path(job.out_root), stage), out_dir, report)
 
@@ -96,7 +97,7 @@ WAIT_S = 2.0  # how often a trial that finds its stage leased elsewhere looks ag
 
 @contextmanager
 def _exclusive(folder: Path, out_root: Path, stage_id: str) -> Iterator[dict | None]:
-    """One process per stage at a time, across drivers and machines sharing the root (ablate/lease.py).
+    """One process per stage at a time, across drivers and machines sharing the root (ablate/execution/lease.py).
     Yields the stage's result when it is (or becomes) done elsewhere, else None with the lease held.
     The driver hands out no stage leased by a live owner; a trial that still meets one (two
     drivers handing it out at once) waits for it to end or go stale."""
@@ -129,7 +130,7 @@ def run_stage(stage: Stage, out_root: Path, report: Report | None = None, *, thr
     """
     if stage.workers > 1 and launch is None:
         raise ValueError(f"{stage.id} is data-parallel on {stage.workers} workers: run it with a `launch` that places "
-                         f"them (ablate.distributed.run_data_parallel), not in process")
+                         f"them (ablate.execution.distributed.run_data_parallel), not in process")
     folder = store.stage_dir(out_root, stage.id)
     folder.mkdir(parents=True, exist_ok=True)
     with _exclusive(folder, out_root, stage.id) as done:

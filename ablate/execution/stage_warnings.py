@@ -16,10 +16,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from ablate import store
+from ablate.execution import store
 
 OWN_MODULES = r"(core|ablate)(\.|$)"
-OWN_DIRS = tuple(Path(__file__).resolve().parents[1] / name for name in ("core", "ablate"))
+OWN_DIRS = tuple(Path(__file__).resolve().parents[2] / name for name in ("core", "ablate"))
 
 
 def _ours(filename: str) -> bool:

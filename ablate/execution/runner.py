@@ -12,12 +12,13 @@ from typing import Callable, Sequence
 
 from rich.console import Console
 
-from ablate import results, store
 from ablate.errors import CannotRun
-from ablate.events import Backend, Interrupted, Listeners
-from ablate.plan import Plan, Stage
-from ablate.progress import LiveView
-from ablate.tracking import StudyTracker
+from ablate.execution import store
+from ablate.execution.events import Backend, Interrupted, Listeners
+from ablate.planning.plan import Plan, Stage
+from ablate.presentation import results
+from ablate.presentation.progress import LiveView
+from ablate.tracking.tracker import StudyTracker
 
 RUN_INFO = "run.json"  # in the study folder: the profile and study file of the last run
 

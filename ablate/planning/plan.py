@@ -27,8 +27,8 @@ from core.config import MAX_EPOCHS, DataConfig, ModelConfig, PretrainJob
 from core.data_files import train_images
 from core.eval_config import FinetuneJob, LinearProbeJob
 from ablate.errors import StudyError, from_validation
-from ablate.profiles import Profile
-from ablate.study import SECTIONS, SEED_FIELDS, Resources, Study
+from ablate.spec.profiles import Profile
+from ablate.spec.study import SECTIONS, SEED_FIELDS, Resources, Study
 
 ID_LENGTH = 12  # hex digits of sha256: collisions are out of reach for any realistic store
 # What a scratch classifier never uses: the decoder, the masking and the reconstruction target,

@@ -5,13 +5,13 @@ ways). The stages are not a grid but a graph (pre-training, then its evaluations
 search algorithm is `StageOrder`: it suggests a stage the moment its parent is done, and never
 one whose parent failed. An evaluation therefore starts as soon as its own pre-training ends,
 not when the slowest pre-training of the study does, and one Tuner (one set of reused actors)
-serves the whole run. Each trial runs `ablate.stages.run_stage` with the study's resources,
+serves the whole run. Each trial runs `ablate.execution.stages.run_stage` with the study's resources,
 `reuse_actors=True` and `FailureConfig(max_failures=2)`: a crashed worker is retried and the
 stage resumes from its own checkpoint. Deterministic failures (a non-finite loss) are not
 retried. No `Tuner.restore`: the stage store makes rerunning the same command the resume.
 
 Data-parallel stages (`stage.workers` > 1) run their engine under Ray Train's TorchTrainer from
-inside their trial (ablate/distributed.py). Such a trial only waits and relays rank 0's metrics to
+inside their trial (ablate/execution/distributed.py). Such a trial only waits and relays rank 0's metrics to
 `tune.report`, so it holds next to nothing (`DRIVER_BUNDLE`): its workers, placed by Ray Train in
 a placement group of their own, hold the CPUs and GPUs. Tune does not see those, so a run with
 data-parallel stages runs at most as many trials at once as the cluster can place
@@ -32,12 +32,12 @@ from typing import Any, Callable, Mapping, Sequence
 from ray import tune
 from ray.tune.search import Searcher
 
-from ablate import lease, ray_cluster, store
 from ablate.errors import ClusterTooSmall
-from ablate.events import MAX_FAILURES, Interrupted, Listeners, numeric
-from ablate.plan import Stage
-from ablate.stages import Launch
-from ablate.study import Resources
+from ablate.execution import lease, ray_cluster, store
+from ablate.execution.events import MAX_FAILURES, Interrupted, Listeners, numeric
+from ablate.execution.stages import Launch
+from ablate.planning.plan import Stage
+from ablate.spec.study import Resources
 
 # What a data-parallel trial itself holds while its workers train: Tune refuses an all-zero
 # request, and any CPU fraction would be missing when the workers need every CPU of a node. One
@@ -64,7 +64,7 @@ class TrialContext:
 
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     """The Tune trainable: run one stage, reporting each epoch and then its outcome."""
-    from ablate.stages import StageFailed, run_stage
+    from ablate.execution.stages import StageFailed, run_stage
 
     stage = context.stages[config["stage_id"]]
 
@@ -82,7 +82,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
 
 def _data_parallel(stage: Stage, resources: Resources) -> Launch:
     """The stage's launch on `stage.workers` Ray Train workers."""
-    from ablate.distributed import run_data_parallel
+    from ablate.execution.distributed import run_data_parallel
 
     def launch(engine, job, out_dir, report):
         return run_data_parallel(engine, job, out_dir, workers=stage.workers, cpus_per_worker=resources.cpu,
@@ -107,7 +107,7 @@ class TrialResources:
 
 def check_cluster(stages: Sequence[Stage], resources: Resources) -> None:
     """Raise ClusterTooSmall, in one line, when the connected cluster can never run some trial of the wave."""
-    from ablate.distributed import check_cluster as check
+    from ablate.execution.distributed import check_cluster as check
 
     for workers in sorted({s.workers for s in stages}, reverse=True):
         try:
@@ -121,7 +121,7 @@ def concurrent_trials(stages: Sequence[Stage], resources: Resources, limit: int 
     workers Tune does not count) as many as the cluster places at once; None leaves it to Tune."""
     if limit is not None or all(s.workers == 1 for s in stages):
         return limit
-    from ablate.distributed import trials_that_fit
+    from ablate.execution.distributed import trials_that_fit
 
     sizes = {s.workers for s in stages}
     return max(1, sum(trials_that_fit(workers, resources.per_worker()) for workers in sizes))
@@ -285,7 +285,7 @@ class RayBackend:
     """A private local Ray by default (this machine's CPUs, no dashboard, workers' logs kept off the
     terminal; never a stale or foreign cluster); `address` joins a running cluster ("auto" or
     host:port, with the user's Ray token where there is one), and `say` is told which one.
-    `launch` runs each single-worker stage's engine in its trial (ablate/stages.py; default: as
+    `launch` runs each single-worker stage's engine in its trial (ablate/execution/stages.py; default: as
     it is); it travels to the workers, so it must pickle."""
 
     def __init__(self, address: str | None = None, max_concurrent: int | None = None,
@@ -325,7 +325,7 @@ class RayBackend:
             self._ensure_ray()
             check_cluster(stages, resources)
             if self.address:
-                from ablate.preflight import data_sources
+                from ablate.execution.preflight import data_sources
                 nodes = ray_cluster.check_shared_storage(out_root, data_sources(stages))
                 if self.say is not None:
                     self.say(f"storage checked on {nodes} node{'s' * (nodes > 1)}: the output root "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from ablate import store
+from ablate.execution import store
 
 CURVES, RECONSTRUCTIONS = "curves.png", "reconstructions.png"
 

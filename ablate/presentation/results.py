@@ -12,8 +12,8 @@ from typing import Any
 
 import pandas as pd
 
-from ablate import store
-from ablate.plan import ArmRun, Plan
+from ablate.execution import store
+from ablate.planning.plan import ArmRun, Plan
 from core.files import replacing
 from dashboards.contract import DONE, FAILED, HISTORY_COLUMNS, KEYS, METRICS, PENDING, MlflowLinks, Status, StudyInfo
 

@@ -1,8 +1,8 @@
 """The backend contract: what runs a wave of stages (`Backend`), and what it tells the driver
 while they run (`StageListener`); tracking and the live view listen.
 
-Two backends: the Ray backend (ablate/ray_backend.py) turns Tune's trial events into these calls
-(one driver-side `tune.Callback`); the serial one (ablate/serial_backend.py) makes them itself.
+Two backends: the Ray backend (ablate/execution/ray_backend.py) turns Tune's trial events into these calls
+(one driver-side `tune.Callback`); the serial one (ablate/execution/serial_backend.py) makes them itself.
 The listeners need no Ray and every backend drives them the same way; tests/test_runner.py runs
 one contract suite over both.
 """
@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 if TYPE_CHECKING:
-    from ablate.plan import Stage
-    from ablate.study import Resources
+    from ablate.planning.plan import Stage
+    from ablate.spec.study import Resources
 
 MAX_FAILURES = 2  # a stage's attempts beyond the first, in every backend, before it is failed
 

@@ -12,12 +12,12 @@ from typing import Any
 from pydantic import Field, PrivateAttr, ValidationError, field_validator
 
 from ablate.errors import StudyError, from_validation
-from ablate.study import Frozen, Overlay, Resources, normalise_overlay
-from ablate.yamlfile import read_mapping
+from ablate.spec.study import Frozen, Overlay, Resources, normalise_overlay
+from ablate.spec.yamlfile import read_mapping
 
 DEFAULT_PROFILE = "laptop"
 # Next to the study file first (`<study dir>/profiles/`), then the repository's own.
-BUILTIN_DIR = Path(__file__).resolve().parents[1] / "studies" / "profiles"
+BUILTIN_DIR = Path(__file__).resolve().parents[2] / "studies" / "profiles"
 
 
 class Profile(Frozen):

@@ -9,9 +9,9 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from ablate import store
 from ablate.errors import StudyError
-from ablate.plan import Plan, Stage
+from ablate.execution import store
+from ablate.planning.plan import Plan, Stage
 from core.data_files import describe, missing_data
 
 MIN_FREE_BYTES = 1 << 20  # below this the first checkpoint cannot be written

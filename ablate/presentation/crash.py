@@ -48,14 +48,14 @@ def write_log(error: BaseException) -> Path | None:
 
 
 def origin(error: BaseException) -> str:
-    """'ablate/plan.py:123 in _plan': the innermost frame of the exception."""
+    """'ablate/planning/plan.py:123 in _plan': the innermost frame of the exception."""
     frames = traceback.extract_tb(error.__traceback__)
     if not frames:
         return "an unknown place"
     last = frames[-1]
     here = Path(last.filename)
     try:
-        here = here.relative_to(Path(__file__).resolve().parents[1])
+        here = here.relative_to(Path(__file__).resolve().parents[2])
     except ValueError:
         pass
     return f"{here}:{last.lineno} in {last.name}"

@@ -14,8 +14,8 @@ from typing import Any, Mapping
 
 from core.config import ModelConfig
 from core.data_files import carve, test_file_images, train_file_images
-from ablate.plan import Stage
-from ablate.profiles import Profile
+from ablate.planning.plan import Stage
+from ablate.spec.profiles import Profile
 
 # An image folder that is not on this machine (a cluster's data) is costed as ImageNet-1K.
 IMAGENET_SIZES = (1_281_167, 50_000)

@@ -1,13 +1,13 @@
 """MLflow tracking, from the driver only: one parent run per study, exactly one child run per stage.
 
-The tracker is a stage listener (ablate/events.py) fed by the backend's driver-side callback, so
+The tracker is a stage listener (ablate/execution/events.py) fed by the backend's driver-side callback, so
 workers never open the database: the sqlite file is created here before any trial starts
 (environment.md: concurrent creation races), and a crash, a retry or a rerun of the study finds
 the same runs again by their tags (`role`, `profile`, `stage_id`) instead of opening new ones.
 MLflow's own Ray integrations are not used: they open a new run per retry or restore.
 
 Metrics have one route: the stage's folder. A stage appends each epoch to its metrics.jsonl with
-the time it recorded it (ablate/stages.py; an epoch a retry repeats counts as first recorded,
+the time it recorded it (ablate/execution/stages.py; an epoch a retry repeats counts as first recorded,
 store.epochs); the backend's events only tell the tracker when to look (`follow`), and it logs the
 epochs it has not sent yet, each with its recorded time as the MLflow timestamp. MLflow's store keeps one row per (metric, step, timestamp, value), so a line sent
 again (a run found again after the driver was killed, a stage finished by another driver) adds
@@ -26,8 +26,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from ablate import lease, pictures, store
-from ablate.plan import Plan
+from ablate.execution import lease, store
+from ablate.planning.plan import Plan
+from ablate.presentation import pictures
 from core.files import replacing
 
 PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
@@ -61,7 +62,7 @@ def _from_template(uri: str) -> None:
 
     import mlflow
 
-    from ablate.crash import cache_dir
+    from ablate.presentation.crash import cache_dir
 
     if not uri.startswith("sqlite:///"):
         return
@@ -107,7 +108,7 @@ def _quiet() -> None:
     for name in ("alembic", "mlflow", "sqlalchemy"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # It logs a database error (a full disk) with its traceback and then raises it; the listener
-    # that called it says so in one line (ablate/events.py).
+    # that called it says so in one line (ablate/execution/events.py).
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
@@ -295,7 +296,7 @@ class StudyTracker:
         self.client.set_terminated(run_id, END_STATUS.get(state, "KILLED"))
 
     def _log_pictures(self, run_id: str, stage_id: str) -> None:
-        """The stage's own pictures (ablate/pictures.py), drawn by its worker; a stage finished by
+        """The stage's own pictures (ablate/presentation/pictures.py), drawn by its worker; a stage finished by
         older code gets them drawn here once."""
         folder = store.stage_dir(self.out_root, stage_id)
         found = pictures.pictures(folder)
@@ -436,7 +437,7 @@ def _param(value: Any) -> str:
 
 
 def _ms(stamp: Any) -> int:
-    """A result's `finished_at` (ablate/stages.py writes %Y-%m-%dT%H:%M:%S%z) in ms; 0 if absent."""
+    """A result's `finished_at` (ablate/execution/stages.py writes %Y-%m-%dT%H:%M:%S%z) in ms; 0 if absent."""
     from datetime import datetime
 
     try:
