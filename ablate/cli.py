@@ -312,7 +312,7 @@ def report(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFA
         typer.echo(f"no results for {p.study.name} under {out}; run it first: ablate run {study}", err=True)
         raise typer.Exit(EXIT_FAILED)
     table, history = results.write_tables(p, out, folder)
-    path = results.write_report(p, out, folder, table, history, mlflow=last_run(folder).get("mlflow"))
+    path = results.write_report(p, out, folder, table, history, mlflow=last_run(folder).get("mlflow"), force=True)
     typer.echo(f"results: {folder / results.RESULTS} ({len(table)} rows)")
     typer.echo(f"report: {path}" if path else "report: not drawn (the dashboards package is not installed)")
 

@@ -30,13 +30,32 @@ def load_reconstructions(npz_path: Path | str) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _show(ax: Axes, image: np.ndarray) -> None:
-    image = np.clip(image, 0.0, 1.0)
+GAP = 1  # pixels of white between tiles
+
+
+def mosaic(tiles: list[list[np.ndarray]]) -> np.ndarray:
+    """Rows of (H, W, C) images in [0, 1] as one (H', W', C) image, GAP white pixels apart. One
+    image per panel, not one axes per tile: a grid of 40 axes took most of a report's drawing time."""
+    h, w, c = tiles[0][0].shape
+    rows, cols = len(tiles), len(tiles[0])
+    out = np.ones((rows * (h + GAP) - GAP, cols * (w + GAP) - GAP, c), dtype=np.float32)
+    for i, row in enumerate(tiles):
+        for j, tile in enumerate(row):
+            out[i * (h + GAP):i * (h + GAP) + h, j * (w + GAP):j * (w + GAP) + w] = np.clip(tile, 0.0, 1.0)
+    return out
+
+
+def _panel(ax: Axes, tiles: list[list[np.ndarray]], labels: list[str]) -> None:
+    """The tiles as one image, each column labelled above."""
+    image = mosaic(tiles)
     if image.shape[-1] == 1:
         ax.imshow(image[..., 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     else:
         ax.imshow(image, interpolation="nearest")
-    ax.set_xticks([])
+    w = tiles[0][0].shape[1]
+    ax.set_xticks([j * (w + GAP) + (w - 1) / 2 for j in range(len(labels))], labels, fontsize=8)
+    ax.xaxis.tick_top()
+    ax.tick_params(length=0)
     ax.set_yticks([])
     for spine in ax.spines.values():
         spine.set_visible(False)
@@ -50,29 +69,19 @@ def _figure2(sub: SubFigure, arrays: dict[str, np.ndarray], ratio_index: int, sa
     """Rows of (masked | reconstruction | original) at one ratio."""
     ratio = float(arrays["ratios"][ratio_index])
     sub.suptitle(f"Figure 2 style: mask ratio {ratio:.0%}", fontsize=10)
-    axes = sub.subplots(samples, 3, squeeze=False)
-    for i in range(samples):
-        for j, image in enumerate((arrays["masked"][ratio_index, i], arrays["recon"][ratio_index, i],
-                                   arrays["original"][i])):
-            _show(axes[i, j], image)
-    for j, name in enumerate(("masked", "reconstruction", "original")):
-        axes[0, j].set_title(name, fontsize=8)
+    tiles = [[arrays["masked"][ratio_index, i], arrays["recon"][ratio_index, i], arrays["original"][i]]
+             for i in range(samples)]
+    _panel(sub.subplots(), tiles, ["masked", "reconstruction", "original"])
 
 
 def _figure4(sub: SubFigure, arrays: dict[str, np.ndarray], samples: int) -> None:
-    """One panel per ratio, each a (masked, reconstruction) pair, the original last."""
+    """One pair per ratio, each (masked, reconstruction), the original last."""
     ratios = arrays["ratios"]
     sub.suptitle("Figure 4 style: one pair per mask ratio", fontsize=10)
-    axes = sub.subplots(samples, 2 * len(ratios) + 1, squeeze=False)
-    for i in range(samples):
-        for k in range(len(ratios)):
-            _show(axes[i, 2 * k], arrays["masked"][k, i])
-            _show(axes[i, 2 * k + 1], arrays["recon"][k, i])
-        _show(axes[i, -1], arrays["original"][i])
-    for k, ratio in enumerate(ratios):
-        axes[0, 2 * k].set_title(f"{float(ratio):.0%}\nmasked", fontsize=8)
-        axes[0, 2 * k + 1].set_title(f"{float(ratio):.0%}\nrecon.", fontsize=8)
-    axes[0, -1].set_title("original", fontsize=8)
+    tiles = [[image for k in range(len(ratios)) for image in (arrays["masked"][k, i], arrays["recon"][k, i])]
+             + [arrays["original"][i]] for i in range(samples)]
+    labels = [f"{float(r):.0%}\n{what}" for r in ratios for what in ("masked", "recon.")] + ["original"]
+    _panel(sub.subplots(), tiles, labels)
 
 
 def reconstruction_grid(npz_path: Path | str, *, title: str | None = None, ratio: float = 0.75,

@@ -20,7 +20,7 @@ import pytest
 from dashboards import paper
 from dashboards.contract import DONE, FAILED, PENDING, MlflowLinks, Status, StudyInfo, arm_state
 from dashboards.figures import FIGURES, get_figure, save_figure
-from dashboards.recon import reconstruction_grid
+from dashboards.recon import load_reconstructions, reconstruction_grid
 from dashboards.report import run_url, status_line, write_report
 from dashboards.tables import TABLES, aggregate, speedups, status_counts, to_html, to_markdown
 
@@ -401,10 +401,24 @@ def test_eval_curves_put_scratch_dashed_beside_finetune():
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_reconstruction_grid(channels, tmp_path):
-    fig = reconstruction_grid(write_npz(tmp_path / "arm.npz", channels))
+    path = write_npz(tmp_path / "arm.npz", channels)
+    fig = reconstruction_grid(path)
     images = [im for ax in fig.axes for im in ax.get_images()]
-    assert len(images) == 4 * 3 + 3 * (2 * 3 + 1)  # Figure 2: 4 rows x 3; Figure 4: 3 rows x (2 per ratio + 1)
+    assert len(images) == 2  # one mosaic per panel
     assert all((im.get_cmap().name == "gray") == (channels == 1) for im in images)
+    arrays = load_reconstructions(path)
+    size, gap = 28 + 1, 1
+    fig2, fig4 = (np.asarray(im.get_array()) for im in images)
+    fig2, fig4 = (a[..., None] if a.ndim == 2 else a for a in (fig2, fig4))
+    # Figure 2: 4 rows x (masked, reconstruction, original) at the ratio nearest 75%; Figure 4: 3 rows
+    # x (2 per ratio + the original)
+    assert fig2.shape[:2] == (4 * size - gap, 3 * size - gap) and fig4.shape[:2] == (3 * size - gap, 7 * size - gap)
+    tile = lambda a, i, j: a[i * size:i * size + 28, j * size:j * size + 28]  # noqa: E731
+    r75 = list(arrays["ratios"]).index(0.75)
+    for i in range(4):
+        assert np.allclose(tile(fig2, i, 0), arrays["masked"][r75, i]) and np.allclose(tile(fig2, i, 2),
+                                                                                     arrays["original"][i])
+    assert np.allclose(tile(fig4, 2, 3), arrays["recon"][1, 2]) and np.all(fig4[28, :] == 1.0)  # a white gap row
     assert all(p.stat().st_size > 0 for p in save_figure(fig, tmp_path, "recon"))
 
 

@@ -106,12 +106,15 @@ def test_two_arm_study_then_rerun_changes_nothing(project, backend):
         assert [(t.key, t.value) for t in used.tags] == [("mlflow.data.context", p.stages[sid].kind)]
     assert len({used.dataset.digest for (used,) in inputs.values()}) == 1
 
-    # The same command again is the resume: nothing reruns, no run is added.
+    # The same command again is the resume: nothing reruns, no run is added, and the report,
+    # drawn from the same results, is not drawn again.
     before = stamps(project, p.stages)
+    page = folder / "report" / "report.html"
+    drawn = page.stat().st_mtime_ns
     again = run(project, study, backend=backend)
     assert again.exit_code == 0, again.output
     assert "0 run now" in again.output
-    assert stamps(project, p.stages) == before
+    assert stamps(project, p.stages) == before and page.stat().st_mtime_ns == drawn
     after = mlflow_runs(project, "two")
     assert sorted(r["id"] for r in after) == sorted(r["id"] for r in runs)
     assert all(r["status"] == "FINISHED" for r in after)
@@ -124,7 +127,7 @@ def test_two_arm_study_then_rerun_changes_nothing(project, backend):
     results = pd.read_csv(folder / "results.csv")
     assert sorted(zip(results["arm"], results["seed"])) == [(a, s) for a in ("mask_ratio=0.5", "mask_ratio=0.75")
                                                            for s in (0, 1)]
-    assert (results["status"] == "done").all()
+    assert (results["status"] == "done").all() and page.stat().st_mtime_ns != drawn
     assert len([r for r in mlflow_runs(project, "two") if r["role"] == "stage"]) == 2 * len(p.stages)
     status = CliRunner().invoke(app, ["status", str(study), "--out", str(project / "runs")])  # remembers 2 seeds
     assert status.exit_code == 0 and "0 failed" in status.output and f"{2 * len(p.stages)} stages" in status.output

@@ -127,8 +127,8 @@ def _run_study(plan: Plan, out_root: Path, *, backend: Backend, rerun_failed: bo
                                           "the trial ended without a result or an error")
                 states = current_states(plan, out_root)
                 view.states = dict(states)
-                if runnable(plan, states):  # another wave follows: show what is done meanwhile
-                    _publish(plan, out_root, study_dir, outcome, tracker, final=False, console=console)
+                if runnable(plan, states):  # another wave follows: show what is done meanwhile, at the usual pace
+                    partial.when_due()
     except (Interrupted, KeyboardInterrupt):
         outcome.interrupted = True
         outcome.states = current_states(plan, out_root)
@@ -159,7 +159,7 @@ def _tracking(console: Console, call, *args, quiet: bool = False) -> None:
 
 
 class PartialReport:
-    """Redraws the tables and the report when a stage ends, at most once every `every_s` seconds,
+    """Redraws the tables and the report when a stage or a wave ends, at most once every `every_s` seconds,
     so that a long study shows its partial results while it runs (drawing takes a few seconds of
     the driver's time; the trials run on meanwhile)."""
 
@@ -168,6 +168,9 @@ class PartialReport:
         self.last = time.monotonic()
 
     def stage_ended(self, stage_id: str, state: str, error: str | None) -> None:
+        self.when_due()
+
+    def when_due(self) -> None:
         if time.monotonic() - self.last >= self.every_s:
             self.publish()
             self.last = time.monotonic()

@@ -6,18 +6,23 @@ or when another study filled some of the shared stages.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+import dashboards
 from ablate.execution import store
 from ablate.planning.plan import ArmRun, Plan
-from core.files import replacing
+from core.files import replacing, write_text
 from dashboards.contract import DONE, FAILED, HISTORY_COLUMNS, KEYS, METRICS, PENDING, MlflowLinks, Status, StudyInfo
 
 RESULTS, HISTORY, REPORT = "results.csv", "history.csv", "report"
+INPUTS_DIGEST = ".drawn-from.sha256"  # in the report folder: what the report was last drawn from
+DASHBOARDS = Path(dashboards.__file__).resolve().parent
 # Which metrics each stage contributes to its row, and under which column name.
 COLUMNS: dict[str, dict[str, str]] = {
     "pretrain": {"pretrain_loss": "pretrain_loss", "pretrain_wall_clock_s": "pretrain_wall_clock_s",
@@ -149,14 +154,37 @@ def study_info(plan: Plan) -> StudyInfo:
 
 
 def write_report(plan: Plan, out_root: Path, study_dir: Path, results: pd.DataFrame, history: pd.DataFrame,
-                 mlflow: dict | None = None) -> Path:
+                 mlflow: dict | None = None, *, force: bool = False) -> Path:
     """The dashboards' report (figures and tables) into `<study dir>/report/`. `mlflow`: the
-    tracker's links, in the plain form the study's last-run record keeps."""
+    tracker's links, in the plain form the study's last-run record keeps. Not drawn again when
+    nothing it is drawn from changed since it was last drawn (unless `force`): rerunning a
+    finished study costs no drawing."""
     from dashboards.report import write_report as dashboards_report  # matplotlib: only when drawing
 
-    return dashboards_report(study_dir / REPORT, study=study_info(plan), results=results, history=history,
-                             figures=list(plan.study.figures), tables=list(plan.study.tables),
-                             recon_files=recon_files(plan, out_root), mlflow=MlflowLinks.from_mapping(mlflow))
+    folder, study, recon = study_dir / REPORT, study_info(plan), recon_files(plan, out_root)
+    digest = _inputs_digest(plan, study, results, history, mlflow, recon)
+    page, stamp = folder / "report.html", folder / INPUTS_DIGEST
+    if not force and page.is_file() and stamp.is_file() and stamp.read_text() == digest:
+        return page
+    path = dashboards_report(folder, study=study, results=results, history=history, figures=list(plan.study.figures),
+                             tables=list(plan.study.tables), recon_files=recon, mlflow=MlflowLinks.from_mapping(mlflow))
+    write_text(stamp, digest)
+    return path
+
+
+def _inputs_digest(plan: Plan, study: StudyInfo, results: pd.DataFrame, history: pd.DataFrame, mlflow: dict | None,
+                   recon: dict[str, Path]) -> str:
+    """A digest of everything the report is drawn from, the dashboards' own code included."""
+    h = hashlib.sha256()
+    for part in (results.to_csv(index=False), history.to_csv(index=False), repr(study),
+                 json.dumps(mlflow, sort_keys=True, default=str), repr((plan.study.figures, plan.study.tables))):
+        h.update(part.encode() + b"\0")
+    for arm, path in sorted(recon.items()):
+        stat = path.stat()
+        h.update(f"{arm}:{path}:{stat.st_size}:{stat.st_mtime_ns}\0".encode())
+    for source in sorted(DASHBOARDS.glob("*.py")):
+        h.update(source.read_bytes())
+    return h.hexdigest()
 
 
 def _hashable(value: Any) -> Any:
