@@ -32,7 +32,9 @@ from core.seeding import rng_state, seed_epoch, seed_everything, set_rng_state
 
 Report = Callable[[dict], None]
 # Fields that say where and how fast a job runs, not what it computes: a resume may change them.
-RUN_ONLY_FIELDS = frozenset({"device", "threads", "checkpoint_every", "compile", "num_workers"})
+# accum_iter too: a checkpoint of N workers resumes on M with accum_iter scaled by N / M, the same
+# effective batch (`Run.resume` warns when the effective batch changes).
+RUN_ONLY_FIELDS = frozenset({"device", "threads", "checkpoint_every", "compile", "num_workers", "accum_iter"})
 FIRST_NUMERICS = 1  # a checkpoint written before checkpoints recorded their numerics version
 
 
