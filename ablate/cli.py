@@ -325,7 +325,7 @@ def clean(out: OutOpt = store.DEFAULT_OUT,
     from ablate.presentation.views import human_bytes
 
     files = store.resume_files(out)
-    size = sum(p.stat().st_size for p in files)  # before they go
+    size = store.size_of(files)  # before they go
     stages = len({p.parent for p in files})
     if not dry_run:
         for path in files:

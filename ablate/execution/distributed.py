@@ -191,10 +191,15 @@ def _original_error(error: BaseException) -> BaseException:
 
 
 def _is_teardown(error: BaseException) -> bool:
-    """A rank that failed because another one did: its peer vanished from a collective, or it was killed."""
-    names = {type(error).__name__, type(getattr(error, "cause", None)).__name__}
-    teardown = {"_Stopped", "DistBackendError", "ActorDiedError", "ActorUnavailableError", "WorkerCrashedError"}
-    return bool(names & teardown) or "Connection closed by peer" in str(error)
+    """A rank that failed because another one did: its peer vanished from a collective, or it was
+    killed. Told by type; gloo alone says it only in the text of a plain RuntimeError."""
+    import ray.exceptions
+    import torch.distributed
+
+    teardown = (_Stopped, torch.distributed.DistBackendError, ray.exceptions.ActorDiedError,
+                ray.exceptions.ActorUnavailableError, ray.exceptions.WorkerCrashedError)
+    cause = getattr(error, "cause", None)
+    return isinstance(error, teardown) or isinstance(cause, teardown) or "Connection closed by peer" in str(error)
 
 
 # ---- the call ------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from ray.tune.search import Searcher
 from ablate.errors import ClusterTooSmall
 from ablate.execution import lease, ray_cluster, store
 from ablate.execution.events import MAX_FAILURES, Interrupted, Listeners, numeric
+from ablate.execution.order import WaveOrder
 from ablate.execution.stages import Launch
 from ablate.planning.plan import Stage
 from ablate.spec.study import Resources
@@ -135,11 +136,9 @@ class StageOrder(Searcher):
 
     def __init__(self, stages: Sequence[Stage], out_root: Path, listeners: Listeners | None = None) -> None:
         super().__init__()
-        self.waiting = sorted(stages, key=lambda s: s.kind != "pretrain")  # stable: plan order within a kind
-        self.ours = {s.id for s in stages}
+        self.order = WaveOrder(stages, out_root)
         self.out_root = Path(out_root)
         self.listeners = listeners
-        self.ended: dict[str, bool] = {}  # stage id -> ended done
         self.trials: dict[str, str] = {}  # Tune trial id -> stage id
         self.elsewhere: dict[str, str] = {}  # stage id -> the live owner of its lease ("host/pid")
 
@@ -152,8 +151,8 @@ class StageOrder(Searcher):
         slot waits for it; once it is done there, it counts as ended done here."""
         folder = store.stage_dir(self.out_root, stage.id)
         if store.state(self.out_root, stage.id) == store.DONE:
-            self.waiting.remove(stage)
-            self.ended[stage.id] = True
+            self.order.take(stage)
+            self.order.end(stage.id, True)
             if self.listeners is not None:
                 self.listeners.stage_ended(stage.id, store.DONE, None)
             return True
@@ -165,34 +164,19 @@ class StageOrder(Searcher):
         self.elsewhere[stage.id] = str(owner)
         return True
 
-    def _parent(self, stage: Stage) -> bool | None:
-        """True: the parent is done; False: it ended otherwise (or was dropped); None: not yet."""
-        if stage.parent is None:
-            return True
-        if stage.parent not in self.ours:  # finished before this run (the runner only passes those)
-            return store.state(self.out_root, stage.parent) == store.DONE
-        return self.ended.get(stage.parent)
-
     def suggest(self, trial_id: str) -> dict | str | None:
-        for stage in list(self.waiting):
-            if self._parent(stage) and not self._held_elsewhere(stage):
-                self.waiting.remove(stage)
+        for stage in self.order.ready():
+            if not self._held_elsewhere(stage):
+                self.order.take(stage)
                 self.trials[trial_id] = stage.id
                 return {"stage_id": stage.id}
-        dropped = True
-        while dropped:  # a stage whose parent will never be done is dropped, and so are its own children
-            dropped = False
-            for stage in list(self.waiting):
-                if self._parent(stage) is False:
-                    self.waiting.remove(stage)
-                    self.ended[stage.id] = False
-                    dropped = True
-        return None if self.waiting else Searcher.FINISHED
+        self.order.drop_orphans()
+        return None if self.order.waiting else Searcher.FINISHED
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         sid = self.trials.get(trial_id)
         if sid is not None:
-            self.ended[sid] = store.state(self.out_root, sid) == store.DONE
+            self.order.end(sid, store.state(self.out_root, sid) == store.DONE)
 
 
 def metrics_of(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -384,6 +368,6 @@ class RayBackend:
         if events.storage_errors:  # the disk, not the stages: they stay pending and the study stops in one line
             raise events.storage_errors[0]
         # Neither ended nor dropped below a failed parent: Tune stopped early (SIGINT).
-        unfinished = [s.id for s in stages if s.id not in events.ended and s.id not in order.ended]
+        unfinished = [s.id for s in stages if s.id not in events.ended and s.id not in order.order.ended]
         if unfinished:  # Tune stops its trials on SIGINT and returns without finishing them
             raise Interrupted()

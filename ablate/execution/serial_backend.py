@@ -14,6 +14,7 @@ from typing import Sequence
 from ablate.errors import CannotRun
 from ablate.execution import store
 from ablate.execution.events import MAX_FAILURES, Interrupted, Listeners, numeric
+from ablate.execution.order import WaveOrder
 from ablate.execution.stages import Launch, StageFailed, run_stage
 from ablate.planning.plan import Stage
 from ablate.spec.study import Resources
@@ -47,23 +48,15 @@ class SerialBackend:
                  resources: Resources, listeners: Listeners) -> None:
         self.admit(stages, resources)
         listeners.wave_started(wave, [s.id for s in stages])
-        ours = {s.id for s in stages}
-        ended: dict[str, bool] = {}  # stage id -> ended done
-        waiting = sorted(stages, key=lambda s: s.kind != "pretrain")  # stable: plan order within a kind
-        while waiting:
-            for stage in waiting:
-                if stage.parent is None:
-                    parent_done: bool | None = True
-                elif stage.parent in ours:
-                    parent_done = ended.get(stage.parent)
-                else:  # finished before this wave (the runner passes only those)
-                    parent_done = store.state(out_root, stage.parent) == store.DONE
-                if parent_done is not None:
-                    break
-            else:
-                raise RuntimeError(f"stages wait on parents outside the wave: {[s.id for s in waiting]}")
-            waiting.remove(stage)
-            ended[stage.id] = parent_done and self._run(stage, Path(out_root), resources, listeners)
+        order = WaveOrder(stages, out_root)
+        while order.waiting:
+            ready = order.ready()
+            if not ready:  # in one process nothing else runs meanwhile: what waits now will never run
+                if not order.drop_orphans():
+                    raise RuntimeError(f"stages wait on parents outside the wave: {[s.id for s in order.waiting]}")
+                continue
+            order.take(ready[0])
+            order.end(ready[0].id, self._run(ready[0], Path(out_root), resources, listeners))
 
     def _run(self, stage: Stage, out_root: Path, resources: Resources, listeners: Listeners) -> bool:
         """One stage to its end (done or failed), retried as the Ray backend retries a trial."""

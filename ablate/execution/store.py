@@ -189,9 +189,14 @@ def disk_usage(out_root: Path, stage_ids: Iterable[str] | None = None) -> tuple[
     store, or of the folders of `stage_ids` (one study's share: a stage shared by studies counts
     in each)."""
     folders = _folders(out_root, stage_ids)
-    size = sum(p.stat().st_size for f in folders for p in f.rglob("*") if p.is_file())
     ids = None if stage_ids is None else [f.name for f in folders]
-    return len(folders), size, sum(p.stat().st_size for p in resume_files(out_root, ids))
+    return len(folders), size_of(p for f in folders for p in f.rglob("*") if p.is_file()), \
+        size_of(resume_files(out_root, ids))
+
+
+def size_of(files: Iterable[Path]) -> int:
+    """Bytes of `files` (each a file)."""
+    return sum(p.stat().st_size for p in files)
 
 
 def result(out_root: Path, stage_id: str) -> dict[str, Any] | None:
