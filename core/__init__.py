@@ -10,5 +10,6 @@ the user reruns them (--rerun-stale) or keeps them (--keep-stale).
 """
 # Version 2 of all three: one seeding rule (core/seeding.py), every stream named. In version 1 an
 # epoch's data order and its first batch's augmentation had one seed, and the global RNGs of a
-# fine-tune's epoch were seeded with seed x 100003 + epoch.
+# fine-tune's epoch were seeded with seed x 100003 + epoch. Linear probing and fine-tuning also
+# crop at the release's evaluation scale (0.08, 1) in version 2, not at pre-training's (0.2, 1).
 NUMERICS_VERSION: dict[str, int] = {"pretrain": 2, "linear_probe": 2, "finetune": 2}

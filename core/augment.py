@@ -27,6 +27,7 @@ Choices where the paper leaves room:
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Callable, NamedTuple
 
 import torch
@@ -37,8 +38,10 @@ from torchvision import transforms as T
 from core.errors import ConfigError
 
 Augment = Callable[[Tensor, int, torch.Generator], Tensor]
+CropScale = tuple[float, float]
 
-RESIZED_CROP_SCALE = (0.2, 1.0)  # MAE pre-training recipe
+RESIZED_CROP_SCALE: CropScale = (0.2, 1.0)  # MAE pre-training recipe
+EVAL_CROP_SCALE: CropScale = (0.08, 1.0)  # the release's fine-tune and linear-probe transforms (torchvision's default)
 RESIZED_CROP_RATIO = (3 / 4, 4 / 3)
 RESIZED_CROP_TRIES = 10  # torchvision's RandomResizedCrop tries 10 times, then falls back to a centre crop
 FIXED_CROP_FRACTION = 0.875  # 224 / 256
@@ -207,15 +210,16 @@ def crop_fixed(images: Tensor, size: int, generator: torch.Generator) -> Tensor:
     return resized_crop(images, boxes, size, sample_flips(batch, generator))
 
 
-def crop_random(images: Tensor, size: int, generator: torch.Generator) -> Tensor:
+def crop_random(images: Tensor, size: int, generator: torch.Generator, scale: CropScale = RESIZED_CROP_SCALE) -> Tensor:
     batch, _, height, width = images.shape
-    boxes = sample_resized_crops(batch, height, width, generator)
+    boxes = sample_resized_crops(batch, height, width, generator, scale=scale)
     return resized_crop(images, boxes, size, sample_flips(batch, generator))
 
 
-def crop_random_jitter(images: Tensor, size: int, generator: torch.Generator) -> Tensor:
+def crop_random_jitter(images: Tensor, size: int, generator: torch.Generator,
+                       scale: CropScale = RESIZED_CROP_SCALE) -> Tensor:
     """crop_random, then ColorJitter(0.4, 0.4, 0.4) (no hue), as torchvision's pipeline order."""
-    cropped = crop_random(images, size, generator)
+    cropped = crop_random(images, size, generator, scale)
     return apply_jitter(cropped, sample_jitter(images.shape[0], generator))
 
 
@@ -231,10 +235,14 @@ def _unknown(name: str, valid: dict[str, object]) -> ConfigError:
     return ConfigError(f"unknown augmentation {name!r}; valid: {sorted(valid)}")
 
 
-def get_augmentation(name: str) -> Augment:
+RANDOM_CROPS = frozenset({"crop_random", "crop_random_jitter"})  # the presets whose crop takes a scale
+
+
+def get_augmentation(name: str, scale: CropScale = RESIZED_CROP_SCALE) -> Augment:
+    """The batched preset `name`; a random-resized crop samples its area fraction in `scale`."""
     if name not in AUGMENTATIONS:
         raise _unknown(name, AUGMENTATIONS)
-    return AUGMENTATIONS[name]
+    return partial(AUGMENTATIONS[name], scale=scale) if name in RANDOM_CROPS else AUGMENTATIONS[name]
 
 
 # ---- per-image pipelines for datasets read from disk --------------------------------------------
@@ -243,25 +251,25 @@ def _eval_resize(size: int) -> T.Resize:
     return T.Resize(int(size / FIXED_CROP_FRACTION), interpolation=T.InterpolationMode.BICUBIC)
 
 
-def _random_resized_crop(size: int) -> T.RandomResizedCrop:
-    return T.RandomResizedCrop(size, scale=RESIZED_CROP_SCALE, ratio=RESIZED_CROP_RATIO,
-                               interpolation=T.InterpolationMode.BICUBIC)
+def _random_resized_crop(size: int, scale: CropScale) -> T.RandomResizedCrop:
+    return T.RandomResizedCrop(size, scale=scale, ratio=RESIZED_CROP_RATIO, interpolation=T.InterpolationMode.BICUBIC)
 
 
 # Each returns PIL image -> uint8 (C, size, size) tensor; scaling to [0, 1] and normalising happen
 # on the target device after collation, as for the in-memory datasets.
-PIL_TRANSFORMS: dict[str, Callable[[int], T.Compose]] = {
-    "none": lambda size: T.Compose([_eval_resize(size), T.CenterCrop(size), T.PILToTensor()]),
-    "crop_fixed": lambda size: T.Compose([_eval_resize(size), T.RandomCrop(size), T.RandomHorizontalFlip(),
-                                          T.PILToTensor()]),
-    "crop_random": lambda size: T.Compose([_random_resized_crop(size), T.RandomHorizontalFlip(), T.PILToTensor()]),
-    "crop_random_jitter": lambda size: T.Compose([
-        _random_resized_crop(size), T.RandomHorizontalFlip(),
+PIL_TRANSFORMS: dict[str, Callable[[int, CropScale], T.Compose]] = {
+    "none": lambda size, scale: T.Compose([_eval_resize(size), T.CenterCrop(size), T.PILToTensor()]),
+    "crop_fixed": lambda size, scale: T.Compose([_eval_resize(size), T.RandomCrop(size), T.RandomHorizontalFlip(),
+                                                 T.PILToTensor()]),
+    "crop_random": lambda size, scale: T.Compose([_random_resized_crop(size, scale), T.RandomHorizontalFlip(),
+                                                  T.PILToTensor()]),
+    "crop_random_jitter": lambda size, scale: T.Compose([
+        _random_resized_crop(size, scale), T.RandomHorizontalFlip(),
         T.ColorJitter(JITTER_STRENGTH, JITTER_STRENGTH, JITTER_STRENGTH), T.PILToTensor()]),
 }
 
 
-def get_pil_transform(name: str, size: int) -> T.Compose:
+def get_pil_transform(name: str, size: int, scale: CropScale = RESIZED_CROP_SCALE) -> T.Compose:
     if name not in PIL_TRANSFORMS:
         raise _unknown(name, PIL_TRANSFORMS)
-    return PIL_TRANSFORMS[name](size)
+    return PIL_TRANSFORMS[name](size, scale)

@@ -36,7 +36,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets as tv_datasets
 
-from core.augment import get_augmentation, get_pil_transform
+from core.augment import RESIZED_CROP_SCALE, CropScale, get_augmentation, get_pil_transform
 from core.config import DataConfig, check_channels
 from core.data_files import CACHE_ROOT, FASHION_MNIST_FILES, FASHION_MNIST_ROOT
 from core.errors import ConfigError, DataError, MissingFile
@@ -146,13 +146,14 @@ class DataSource(ABC):
         return len(shard_batches(self.num_samples(split), batch_size, drop_last, shard))
 
     def batches(self, split: Split, *, batch_size: int, augmentation: str, shuffle: bool, seed: int, epoch: int,
-                device: torch.device, drop_last: bool = True,
-                shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[Tensor, Tensor]]:
+                device: torch.device, drop_last: bool = True, shard: tuple[int, int] = (0, 1),
+                crop_scale: CropScale = RESIZED_CROP_SCALE) -> Iterator[tuple[Tensor, Tensor]]:
         """Yields (images float32 (B, C, img_size, img_size) normalised, labels int64 (B,)) on `device`.
 
         Deterministic in (seed, epoch): the order and every augmentation draw. `shard=(rank, world)`
         yields this rank's micro-batches g = rank, rank + world, ... of the epoch's sequence (see
-        the module docstring); the default is the whole sequence.
+        the module docstring); the default is the whole sequence. A random-resized crop samples its
+        area fraction in `crop_scale` (pre-training's (0.2, 1) unless an evaluation asks for its own).
         """
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
@@ -163,7 +164,7 @@ class DataSource(ABC):
         micro = shard_batches(len(rows), batch_size, drop_last, shard)
         draws = EpochDraws(seed, epoch, split, generator)
         # Returned, not yielded from here: a bad split or augmentation name raises at the call.
-        return self._iterate(part, rows, micro, augmentation, draws, torch.device(device))
+        return self._iterate(part, rows, micro, augmentation, crop_scale, draws, torch.device(device))
 
     def fixed_images(self, split: Split, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
         """The first n images of the split (fewer if the split is smaller), evaluation view, normalised."""
@@ -181,7 +182,7 @@ class DataSource(ABC):
 
     @abstractmethod
     def _iterate(self, part: Part, rows: Tensor, micro: list[tuple[int, slice]], augmentation: str,
-                 draws: EpochDraws, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+                 crop_scale: CropScale, draws: EpochDraws, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
         """One batch per (g, s) of `micro`: rows[s] of file `part`, augmented as micro-batch g of the epoch."""
 
     def _split(self, split: Split) -> SplitRows:
@@ -220,8 +221,8 @@ class TensorSource(DataSource):
         self._on_device: dict[torch.device, dict[Part, tuple[Tensor, Tensor]]] = {}
 
     def _iterate(self, part: Part, rows: Tensor, micro: list[tuple[int, slice]], augmentation: str,
-                 draws: EpochDraws, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
-        augment = get_augmentation(augmentation)
+                 crop_scale: CropScale, draws: EpochDraws, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+        augment = get_augmentation(augmentation, crop_scale)
         images, labels = self._files_on(device)[part]
         rows = rows.to(device)
         normalise = self._normaliser(device)
@@ -266,8 +267,8 @@ class FolderSource(DataSource):
         self._num_workers = cfg.num_workers
 
     def _iterate(self, part: Part, rows: Tensor, micro: list[tuple[int, slice]], augmentation: str,
-                 draws: EpochDraws, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
-        transform = get_pil_transform(augmentation, self.img_size)
+                 crop_scale: CropScale, draws: EpochDraws, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+        transform = get_pil_transform(augmentation, self.img_size, crop_scale)
         # One seed per row of the epoch's order, drawn for all rows: an image's augmentation does
         # not depend on the batch size, the rank or the loader worker that reads it.
         seeds = torch.randint(2**62, (len(rows),), generator=draws.generator)

@@ -27,7 +27,7 @@ class LinearProbeConfig(OptimConfig):
     blr: float = Field(0.1, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     pool: Pool = "cls"  # the paper's feature: the class token after the final norm
-    augmentation: Augmentation = "crop_random"  # RandomResizedCrop + flip, as the paper
+    augmentation: Augmentation = "crop_random"  # RandomResizedCrop (0.08, 1) + flip, as the release
     # Fast path, used only when augmentation == "none": the frozen encoder's features of every
     # split are computed once and the head trains on them, in the same shuffled order.
     cache_features: bool = True
@@ -50,7 +50,7 @@ class FinetuneConfig(OptimConfig):
     rand_augment: str | None = "rand-m9-mstd0.5-inc1"  # timm config string; None disables
     reprob: float = Field(0.25, ge=0, le=1)  # random erasing probability (pixel mode, one box)
     pool: Pool = "avg"
-    augmentation: Augmentation = "crop_random"  # the data source's crop preset under RandAugment
+    augmentation: Augmentation = "crop_random"  # the crop preset under RandAugment, scale (0.08, 1) as the release
     # None: all blocks (end-to-end). k >= 1: the last k blocks, the rest frozen. 0.5: only the MLP
     # sub-block of the last block. 0: the head alone, as a BatchNorm1d + Linear probe (Figure 9).
     tune_blocks: float | None = None

@@ -48,6 +48,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import param_groups_layer_decay
 from torch import Tensor, nn
 
+from core.augment import EVAL_CROP_SCALE
 from core.classifier import ClassifierViT, build_classifier, probe_head, topk_correct
 from core.data import DataSource, open_dataset
 from core.device import autocast, choose_attention
@@ -185,7 +186,7 @@ def train_one_epoch(net: ClassifierViT, forward: nn.Module, optimizer: torch.opt
     loss_sum, lr = 0.0, 0.0
     optimizer.zero_grad(set_to_none=True)
     batches = source.batches("train", batch_size=cfg.batch_size, augmentation=cfg.augmentation, shuffle=True,
-                             seed=cfg.seed, epoch=epoch, device=device, shard=dist.shard)
+                             seed=cfg.seed, epoch=epoch, device=device, shard=dist.shard, crop_scale=EVAL_CROP_SCALE)
     peak_lr = cfg.lr(workers=dist.world_size)
     start = time.perf_counter()
     with EpochProgress(f"fine-tune epoch {epoch + 1}/{cfg.epochs}", steps) as progress:

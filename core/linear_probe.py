@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core.augment import EVAL_CROP_SCALE
 from core.classifier import ClassifierViT, accuracy, build_classifier, features, probe_head
 from core.data import DataSource, open_dataset
 from core.device import autocast, choose_attention
@@ -146,7 +147,8 @@ class LiveFeatures:
     def train(self, epoch: int) -> Batches:
         for images, labels in self.source.batches("train", batch_size=self.cfg.batch_size,
                                                   augmentation=self.cfg.augmentation, shuffle=True,
-                                                  seed=self.cfg.seed, epoch=epoch, device=self.device):
+                                                  seed=self.cfg.seed, epoch=epoch, device=self.device,
+                                                  crop_scale=EVAL_CROP_SCALE):
             yield self.encode(images), labels
 
     def split(self, split: str) -> Batches:

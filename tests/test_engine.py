@@ -148,3 +148,25 @@ def test_a_checkpoint_of_another_engine_is_refused_in_one_line(tmp_path):
     job, run = all_jobs["finetune"]
     with pytest.raises(ConfigError, match="holds a checkpoint of 'linear_probe', not of 'finetune'"):
         run(job, tmp_path)
+
+
+def test_evaluations_crop_at_the_release_scale_and_pre_training_at_its_own(tmp_path, monkeypatch):
+    """RandomResizedCrop's area fraction: (0.2, 1) in pre-training, (0.08, 1) in linear probing and
+    fine-tuning (the release's evaluation transforms), for the batched and the per-image presets."""
+    import core.augment as augment
+
+    scales: dict[str, set] = {}
+    current = {"protocol": ""}
+    real = augment.sample_resized_crops
+
+    def spy(*args, scale=augment.RESIZED_CROP_SCALE, **kwargs):
+        scales.setdefault(current["protocol"], set()).add(tuple(scale))
+        return real(*args, scale=scale, **kwargs)
+
+    monkeypatch.setattr(augment, "sample_resized_crops", spy)
+    for protocol, (job, run) in jobs().items():
+        current["protocol"] = protocol
+        run(job, tmp_path / protocol)
+    assert scales == {"pretrain": {(0.2, 1.0)}, "linear_probe": {(0.08, 1.0)}, "finetune": {(0.08, 1.0)}}
+    assert augment.get_pil_transform("crop_random", 16, augment.EVAL_CROP_SCALE).transforms[0].scale == (0.08, 1.0)
+    assert augment.get_pil_transform("crop_random", 16).transforms[0].scale == (0.2, 1.0)
