@@ -8,6 +8,23 @@ import torch
 
 
 @pytest.fixture
+def ray_starts(monkeypatch) -> list[tuple]:
+    """Every `ray.init` call during the test (each refused): a command that must start no Ray is
+    checked by this list staying empty, also while the test run's own Ray is up."""
+    import ray
+
+    calls: list[tuple] = []
+
+    def refuse(*args, **kwargs):
+        calls.append((args, kwargs))
+        raise RuntimeError("this test must not start Ray")
+
+    refuse.calls = calls
+    monkeypatch.setattr(ray, "init", refuse)
+    return calls
+
+
+@pytest.fixture
 def sdpa_calls(monkeypatch) -> list[int]:
     """One entry per call of torch's fused attention (F.scaled_dot_product_attention) during the test."""
     calls: list[int] = []
@@ -17,10 +34,10 @@ def sdpa_calls(monkeypatch) -> list[int]:
     return calls
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ray_session():
-    """A local Ray (2 CPUs) for the module that asks for it, started once (start-up costs seconds);
-    the Ray backend joins it. One a test left running is used and left as it is."""
+    """One local Ray (2 CPUs) for the whole test run, started by the first test that asks for it
+    (start-up costs seconds); the Ray backend joins it. One a test left running is used and left as it is."""
     import ray
 
     started = not ray.is_initialized()
