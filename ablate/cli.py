@@ -278,8 +278,10 @@ def ui(study: StudyArg, out: OutOpt = store.DEFAULT_OUT,
     elif uri:
         typer.echo(f"{s.name} is tracked in {uri}; run `mlflow ui --backend-store-uri {uri}`")
         return
-    else:
-        db = (store.study_dir(out, s.name) / "mlflow.db").resolve()
+    else:  # the default: in the study folder, or on this machine's disk when that folder is on a network mount
+        from ablate.tracking.tracker import default_uri
+
+        db = Path(default_uri(store.study_dir(out, s.name)).removeprefix("sqlite:///"))
     if not db.is_file():
         typer.echo(f"no MLflow database at {db}; run the study first: ablate run {study}", err=True)
         raise typer.Exit(EXIT_FAILED)

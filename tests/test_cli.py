@@ -151,6 +151,55 @@ def test_tracking_uri_logs_elsewhere_and_a_dead_server_is_one_line(project, monk
     assert "no MLflow server answers there" in lines[0] and "Traceback" not in dead.output
 
 
+def test_filesystem_type_is_the_longest_mount_point_above_the_path(tmp_path):
+    from ablate.tracking.tracker import filesystem_type
+
+    mounts = ("overlay / overlay rw 0 0\n"
+              "server:/export /mnt/shared nfs4 rw,relatime 0 0\n"
+              "/dev/sda1 /mnt/shared/local ext4 rw 0 0\n"
+              "server:/x /mnt/with\\040space cifs rw 0 0\n"
+              "broken-line\n")
+    assert filesystem_type(Path("/mnt/shared/runs/study"), mounts) == "nfs4"
+    assert filesystem_type(Path("/mnt/shared/local/runs"), mounts) == "ext4"
+    assert filesystem_type(Path("/mnt/sharedother/runs"), mounts) == "overlay"  # a prefix of the name is not a parent
+    assert filesystem_type(Path("/mnt/with space/runs"), mounts) == "cifs"
+    assert filesystem_type(Path("/mnt/shared"), mounts) == "nfs4"
+    assert filesystem_type(tmp_path) is not None  # this machine's own /proc/self/mounts
+
+
+def test_an_output_root_on_a_network_mount_keeps_the_mlflow_database_on_this_machine(project, monkeypatch):
+    """sqlite is not safe on NFS: with --out on a network mount (its type as /proc/self/mounts says,
+    faked here) the study's database goes to this machine's disk, the user is told in one line, the
+    rerun and `ablate ui` find it, and the study folder holds no mlflow.db; artifacts stay there."""
+    from mlflow.tracking import MlflowClient
+
+    import ablate.tracking.tracker as tracker
+
+    out = (project / "runs").resolve()
+    real = tracker.filesystem_type
+    monkeypatch.setattr(tracker, "filesystem_type",
+                        lambda path, mounts=None: "nfs4" if str(Path(path).resolve()).startswith(str(out)) else
+                        real(path, mounts))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(project / "local-cache"))
+    (project / "one.yaml").write_text("name: one\nevaluations: []\nfigures: []\n")
+    result = invoke("run", "one.yaml", "--profile", "tiny", "--backend", "serial")
+    assert result.exit_code == 0, result.output
+    (db,) = (project / "local-cache" / "mae-ablate" / "mlflow").glob("one-*.db")
+    line = next(line for line in result.output.splitlines() if line.startswith("tracking:"))
+    assert "is on a nfs4 mount, where sqlite is not safe" in line and str(db) in line
+    assert not (out / "one" / "mlflow.db").exists()
+    client = MlflowClient(f"sqlite:///{db}")
+    experiment = client.get_experiment_by_name("one")
+    assert experiment.artifact_location.startswith((out / "one" / "mlartifacts").as_uri())
+    again = invoke("run", "one.yaml", "--profile", "tiny", "--backend", "serial")
+    assert again.exit_code == 0 and "0 run now" in again.output, again.output
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.data.tags["role"] for r in runs) == ["stage", "study"]  # the rerun found them: nothing added
+    calls = []
+    monkeypatch.setattr("subprocess.run", lambda command, check: calls.append(command))
+    assert invoke("ui", "one.yaml").exit_code == 0 and calls[0][3] == f"sqlite:///{db}"
+
+
 def test_report_rebuilds_tables_from_the_store(project):
     missing = invoke("report", "cli.yaml", "--profile", "tiny")
     assert missing.exit_code == 1 and "run it first" in missing.stderr

@@ -89,6 +89,8 @@ def _run_study(plan: Plan, out_root: Path, *, backend: Backend, rerun_failed: bo
         tracker.open()  # the database exists before any trial starts; nothing is created if it cannot be opened
     except Exception as e:  # noqa: BLE001 - any store error: say where, in one line
         raise CannotRun(f"tracking store {tracker.uri}: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
+    if tracker.note:
+        console.print(f"tracking: {tracker.note}", style="yellow")
     if rerun_failed:
         for sid, state in states.items():
             if state == store.FAILED:

@@ -19,6 +19,7 @@ them, follows their folders and ends them as their stages are (`backfill`).
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import time
@@ -100,8 +101,42 @@ def _reachable(uri: str, timeout_s: float = 10.0) -> None:
                               f"for a database in the study folder") from None
 
 
+# File systems sqlite must not live on: its locks do not hold over them (sqlite.org/useovernet.html).
+NETWORK_FILESYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "lustre", "gpfs", "beegfs", "glusterfs", "wekafs",
+    "panfs", "davfs", "fuse.sshfs", "fuse.glusterfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.juicefs", "fuse.rclone"})
+
+
+def filesystem_type(path: Path, mounts: str | None = None) -> str | None:
+    """The type of the file system `path` is on (the longest mount point above it in
+    /proc/self/mounts); None where that is unknown (no /proc: not Linux)."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/self/mounts").read_text()
+        except OSError:
+            return None
+    target, best, kind = str(Path(path).resolve()), "", None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind
+
+
 def default_uri(study_dir: Path) -> str:
-    return f"sqlite:///{(Path(study_dir) / 'mlflow.db').resolve()}"
+    """The study's sqlite database: `mlflow.db` in its folder, or, where that folder is on a network
+    mount, a file on this machine's disk named after the folder (~/.cache/mae-ablate/mlflow/)."""
+    folder = Path(study_dir).resolve()
+    if filesystem_type(folder) in NETWORK_FILESYSTEMS:
+        from ablate.presentation.crash import cache_dir
+
+        digest = hashlib.sha256(str(folder).encode()).hexdigest()[:12]
+        return f"sqlite:///{cache_dir() / 'mlflow' / f'{folder.name}-{digest}.db'}"
+    return f"sqlite:///{folder / 'mlflow.db'}"
 
 
 def _quiet() -> None:
@@ -118,6 +153,12 @@ class StudyTracker:
     def __init__(self, plan: Plan, out_root: Path, study_dir: Path, uri: str | None = None):
         self.plan, self.out_root, self.study_dir = plan, Path(out_root), Path(study_dir)
         self.uri = uri or plan.study.tracking.uri or default_uri(study_dir)
+        self.note: str | None = None  # a line for the user when the database is not where they would look
+        if self.uri.startswith("sqlite:///") and not (uri or plan.study.tracking.uri) \
+                and Path(self.uri.removeprefix("sqlite:///")).parent != self.study_dir.resolve():
+            self.note = (f"{self.study_dir} is on a {filesystem_type(self.study_dir)} mount, where sqlite is not safe: "
+                         f"MLflow's database is {self.uri.removeprefix('sqlite:///')} on this machine (--tracking-uri "
+                         f"for one that several machines share)")
         self.client = None
         self.experiment_id: str | None = None
         self.parent_id: str | None = None
@@ -134,8 +175,9 @@ class StudyTracker:
         _quiet()
         if self.uri.startswith(("http://", "https://")):
             _reachable(self.uri)
-        if self.uri.startswith("sqlite:"):  # the database lives in the study's folder
+        if self.uri.startswith("sqlite:"):  # the database lives in the study's folder (or on this machine's disk)
             self.study_dir.mkdir(parents=True, exist_ok=True)
+            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         name = self.plan.study.name
         with self._creating():  # also the database's tables: two drivers creating them at once break it
             _from_template(self.uri)
