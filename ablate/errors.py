@@ -6,7 +6,7 @@ traceback and stops before anything is created (no run, no Ray session, no outpu
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -107,3 +107,16 @@ def from_validation(file: Path | str | None, err: ValidationError, *, prefix: st
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
     return StudyError(file, path, message)
+
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def validated(model: type[Model], data: Any, source: Path | str | None) -> Model:
+    """`model` from plain data read from `source`, or a one-line StudyError naming the file and the field."""
+    try:
+        return model.model_validate(data)
+    except StudyError as e:  # raised by a validator, which does not know the file
+        raise StudyError(source, e.path, e.message) from None
+    except ValidationError as e:
+        raise from_validation(source, e, model=model) from None

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, PrivateAttr, ValidationError, field_validator
+from pydantic import Field, PrivateAttr, field_validator
 
-from ablate.errors import StudyError, from_validation
+from ablate.errors import StudyError, validated
 from ablate.spec.study import Frozen, Overlay, Resources, normalise_overlay
 from ablate.spec.yamlfile import read_mapping
 
@@ -70,12 +70,7 @@ def find_profile(name: str, study_path: Path | None = None) -> Path:
 
 
 def parse_profile(data: dict[str, Any], name: str, source: Path | str | None = None) -> Profile:
-    try:
-        profile = Profile.model_validate(data)
-    except StudyError as e:
-        raise StudyError(source, e.path, e.message) from None
-    except ValidationError as e:
-        raise from_validation(source, e, model=Profile) from None
+    profile = validated(Profile, data, source)
     profile._name, profile._source = name, Path(source) if source is not None else None
     return profile
 

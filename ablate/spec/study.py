@@ -11,11 +11,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from core.config import DataConfig, ModelConfig, PretrainConfig
 from core.eval_config import FinetuneConfig, LinearProbeConfig
-from ablate.errors import StudyError, from_validation
+from ablate.errors import StudyError, validated
 from ablate.spec.yamlfile import read_mapping
 
 # Overlay sections: the study's name for each part of a resolved config, and its config class.
@@ -332,12 +332,7 @@ def _check_names(value: list[str], field: str, registry: Mapping[str, Any]) -> l
 
 def parse_study(data: dict[str, Any], source: Path | str | None = None) -> Study:
     """A Study from plain data, or a one-line StudyError naming the file and the field."""
-    try:
-        study = Study.model_validate(data)
-    except StudyError as e:
-        raise StudyError(source, e.path, e.message) from None
-    except ValidationError as e:
-        raise from_validation(source, e, model=Study) from None
+    study = validated(Study, data, source)
     study._source = Path(source) if source is not None else None
     return study
 
