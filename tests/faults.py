@@ -14,6 +14,9 @@ or a kind (`pretrain` matches `pretrain-<hash>`), and the rule fires at the firs
                  >= `epoch` after the stage named by `when-done=<stage id>` (optional 4th field) is done
     fill-disk    writes `<out_root>/filler` until the output root's disk is full, and goes on
 
+A 4th field `before-line` strikes before the epoch is recorded instead: after the engine wrote
+that epoch's checkpoint, before its line in metrics.jsonl (the narrowest window of a real kill).
+
 `python -m tests.faults RULES <ablate arguments>` runs the CLI with its backend built with this launch.
 """
 from __future__ import annotations
@@ -41,20 +44,24 @@ class Fault:
             do, target, epoch, *when = part.strip().split(":")
             if do not in ACTIONS:
                 raise ValueError(f"unknown fault {do!r}; valid: {list(ACTIONS)}")
-            done = when[0].removeprefix("when-done=") if when else None
-            self.rules.append((do, target, int(epoch), done))
+            before = "before-line" in when
+            done = next((w.removeprefix("when-done=") for w in when if w.startswith("when-done=")), None)
+            self.rules.append((do, target, int(epoch), done, before))
 
     def __call__(self, engine, job, out_dir: Path, report):
-        """The launch: the engine in this process, its report followed by the rules."""
+        """The launch: the engine in this process, its report between the rules that strike before
+        the epoch's line and those that strike after it."""
         def reporting(metrics: dict) -> None:
+            epoch = int(metrics.get("epoch", -1))
+            self._check(job, Path(out_dir), epoch, before=True)
             report(metrics)
-            self._check(job, Path(out_dir), int(metrics.get("epoch", -1)))
+            self._check(job, Path(out_dir), epoch, before=False)
         return engine(job, out_dir, reporting)
 
-    def _check(self, job, folder: Path, epoch: int) -> None:
+    def _check(self, job, folder: Path, epoch: int, *, before: bool) -> None:
         stage = job.stage
-        for do, target, at, done in self.rules:
-            if epoch < at or not (stage.id == target or stage.id.startswith(f"{target}-")):
+        for do, target, at, done, strikes_before in self.rules:
+            if strikes_before != before or epoch < at or not (stage.id == target or stage.id.startswith(f"{target}-")):
                 continue
             if do == "nan":
                 raise NonFiniteLoss(f"non-finite loss nan at epoch {epoch} (injected)")

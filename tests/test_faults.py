@@ -160,14 +160,15 @@ def assert_runs_closed(project: Path, name: str, stage_ids) -> list[dict]:
 # ------------------------------------------------------------------------------ a. worker SIGKILL
 @pytest.fixture(scope="module")
 def disturbed(root):
-    """The determinism study, disturbed: its pre-training worker gets a real SIGKILL right after
-    its first epoch (sent by itself), and both evaluations crash once (os._exit)."""
+    """The determinism study, disturbed: its pre-training worker gets a real SIGKILL (sent by
+    itself) after its first epoch's checkpoint and before that epoch's line in metrics.jsonl, the
+    narrowest window of a real kill; both evaluations crash once (os._exit)."""
     project = make_project(root / "disturbed")
     study = write(project, "det", DETERMINISM)
     p = the_plan(study)
     (pre,) = [sid for sid, s in p.stages.items() if s.kind == "pretrain"]
     started = time.time()
-    process = start(project, study, project / "run.log", fault="sigkill:pretrain:0,crash:linear_probe:0,crash:finetune:0")
+    process = start(project, study, project / "run.log", fault="sigkill:pretrain:0:before-line,crash:linear_probe:0,crash:finetune:0")
     try:
         process.wait(timeout=300)
     finally:
@@ -190,7 +191,8 @@ def test_worker_killed_with_sigkill_resumes_from_its_checkpoint(disturbed):
     pids = [a["pid"] for a in attempts(project, pre)]
     assert len(pids) == 2 and pids[0] == disturbed["victim"] and pids[1] != pids[0]
     epochs = epochs_reported(project, pre)
-    # Resumed, not restarted: no epoch ran twice, none is missing (killed after its checkpoint and report).
+    # Resumed, not restarted: no epoch ran twice, and none is missing: the killed epoch's line,
+    # which its worker never wrote, was recovered from its checkpoint by the retry.
     assert epochs == list(range(12))
     for sid in p.stages:
         assert store.state(project / "runs", sid) == store.DONE

@@ -152,6 +152,7 @@ def _run_locked(stage: Stage, out_root: Path, folder: Path, report: Report | Non
         torch.set_num_threads(threads)
 
     started = time.time()
+    _recover_line(folder)
 
     def on_epoch(metrics: dict) -> None:
         row = {k: _plain(v) for k, v in metrics.items()}
@@ -181,6 +182,27 @@ def _run_locked(stage: Stage, out_root: Path, folder: Path, report: Report | Non
         # the peak of the process that ran it (a reused Ray actor: of every stage it ran so far)
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
     return result
+
+
+def _recover_line(folder: Path) -> None:
+    """The line of the epoch the newest checkpoint holds, where a worker died after writing that
+    checkpoint and before its line (the retry resumes after that epoch, so nothing would write it):
+    from the metrics the checkpoint keeps, timed by the checkpoint file."""
+    from core.checkpoint import LAST, CheckpointError, safe_load
+
+    path = folder / LAST
+    if not path.is_file():
+        return
+    try:
+        metrics = safe_load(path).get("metrics")
+    except CheckpointError:  # the engine falls back to the previous one and says so
+        return
+    if not isinstance(metrics, dict) or "epoch" not in metrics:
+        return
+    if any(row.get("epoch") == metrics["epoch"] for row in store.epochs(folder.parent.parent, folder.name)):
+        return
+    row = {k: _plain(v) for k, v in metrics.items()}
+    store.append_jsonl(folder / store.METRICS, {**row, store.TIME: int(path.stat().st_mtime * 1000)})
 
 
 def _plain(value: Any) -> Any:
