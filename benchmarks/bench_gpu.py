@@ -5,7 +5,8 @@ one real pass of every engine on the GPU.
 
 1. Speed: our MAE training step (forward, backward, fused AdamW, 75% masking, bf16 autocast, the
    attention kernel the engine picks) on a fixed batch already on the GPU, for each variant a GPU
-   profile names, at that profile's per-worker batch. Median img/s of 3 rounds of 20 steps after
+   profile names, at that profile's per-worker batch, with and without torch.compile, against the
+   bf16 8192^3 matmul rate measured in the same run. Median img/s of 3 rounds of 20 steps after
    a warm-up. This is the model's speed, not the input pipeline's: an ImageNet JPEG loader must
    keep up with it (10 loader processes per GPU in the paper profile), which is not measured here.
 2. Shared GPU: the cifar_gpu profile's pre-training stage (vit_tiny_cifar, batch 512, bf16) run by
