@@ -66,14 +66,15 @@ def _disk_full(folder: Path) -> bool:
     return stats.f_bavail == 0 or stats.f_favail == 0
 
 
-def safe_load(path: Path, verify: bool = True) -> Any:
-    """Weights-only load (no code runs), verifying the checksum sidecar when there is one."""
+def safe_load(path: Path, verify: bool = True, mmap: bool = False) -> Any:
+    """Weights-only load (no code runs), verifying the checksum sidecar when there is one. `mmap`:
+    tensors are mapped from the file, read only when used."""
     side = path.with_name(path.name + ".sha256")
     if verify and side.exists() and side.read_text().strip() != _sha256(path):
         raise CheckpointError(f"{path}: checksum mismatch (file truncated or corrupted)")
     with torch.serialization.safe_globals([argparse.Namespace]):
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         except Exception as e:  # unpickling refused or file damaged: never fall back to full pickle
             first = re.sub(r"\x1b\[[0-9;]*m", "", str(e).splitlines()[0] if str(e) else "")  # no terminal colours
             raise CheckpointError(f"{path}: cannot be loaded as weights-only ({type(e).__name__}: "

@@ -155,8 +155,7 @@ def _run_locked(stage: Stage, out_root: Path, folder: Path, report: Report | Non
     _recover_line(folder)
 
     def on_epoch(metrics: dict) -> None:
-        row = {k: _plain(v) for k, v in metrics.items()}
-        store.append_jsonl(folder / store.METRICS, {**row, store.TIME: int(time.time() * 1000)})
+        row = _record(folder, metrics, time.time())
         if report is not None:
             report(row)
 
@@ -193,16 +192,22 @@ def _recover_line(folder: Path) -> None:
     path = folder / LAST
     if not path.is_file():
         return
-    try:
-        metrics = safe_load(path).get("metrics")
+    try:  # mmap: the weights are not read, only the small metrics (the engine loads the weights next)
+        metrics = safe_load(path, mmap=True).get("metrics")
     except CheckpointError:  # the engine falls back to the previous one and says so
         return
     if not isinstance(metrics, dict) or "epoch" not in metrics:
         return
-    if any(row.get("epoch") == metrics["epoch"] for row in store.epochs(folder.parent.parent, folder.name)):
-        return
+    if all(row.get("epoch") != metrics["epoch"] for row in store.epochs(folder.parent.parent, folder.name)):
+        _record(folder, metrics, path.stat().st_mtime)
+
+
+def _record(folder: Path, metrics: dict, at: float) -> dict:
+    """Append one epoch's metrics to the stage's metrics.jsonl with the time `at` (seconds) they
+    were recorded; return them as plain numbers."""
     row = {k: _plain(v) for k, v in metrics.items()}
-    store.append_jsonl(folder / store.METRICS, {**row, store.TIME: int(path.stat().st_mtime * 1000)})
+    store.append_jsonl(folder / store.METRICS, {**row, store.TIME: int(at * 1000)})
+    return row
 
 
 def _plain(value: Any) -> Any:
