@@ -50,7 +50,6 @@ class Run:
     dist: Dist
     start_epoch: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)  # the last epoch's (a resumed run: its checkpoint's)
-    state: dict[str, Any] | None = None  # the checkpoint resumed from
 
     @classmethod
     def start(cls, protocol: str, job: Any, cfg: Any, out_dir: Path) -> Run:
@@ -82,7 +81,7 @@ class Run:
         optimizer.load_state_dict(state["optimizer"])
         if state.get("rng"):
             set_rng_state(state["rng"])
-        self.start_epoch, self.metrics, self.state = state["epoch"] + 1, dict(state.get("metrics", {})), state
+        self.start_epoch, self.metrics = state["epoch"] + 1, dict(state.get("metrics", {}))
         before = state.get("effective_batch")
         if before is not None and before != effective_batch and self.dist.is_main():
             warnings.warn(f"{self.out_dir}: resuming a run trained with an effective batch of {before} at "
@@ -91,10 +90,9 @@ class Run:
         return True
 
     def epochs(self, one_epoch: Callable[[int], dict], *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               effective_batch: int, report: Report | None = None,
-               keep: Callable[[], Mapping[str, Any]] = dict) -> dict[str, Any]:
+               effective_batch: int, report: Report | None = None) -> dict[str, Any]:
         """Run the epochs left: seed each (`seed_epoch`), run it, checkpoint every
-        `checkpoint_every` epochs and at the last (with `keep()` beside), then report its metrics
+        `checkpoint_every` epochs and at the last, then report its metrics
         (on rank 0). Returns the last epoch's metrics."""
         for epoch in range(self.start_epoch, self.cfg.epochs):
             seed_epoch(self.cfg.seed, epoch, self.dist.rank)
@@ -104,7 +102,7 @@ class Run:
                 save_checkpoint(self.out_dir, model=model, optimizer=optimizer, epoch=epoch, config=self.config,
                                 extra={"protocol": self.protocol, "numerics": NUMERICS_VERSION[self.protocol],
                                        "metrics": self.metrics, "rng": rng_state(), "workers": self.dist.world_size,
-                                       "effective_batch": effective_batch, **keep()})
+                                       "effective_batch": effective_batch})
             self.dist.barrier()  # nobody runs ahead of a checkpoint that is still being written
             if report is not None and self.dist.is_main():
                 report(self.metrics)

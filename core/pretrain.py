@@ -64,7 +64,7 @@ def pretrain(job: PretrainJob, out_dir: Path, report: Report | None = None) -> d
     # saved from the unwrapped model: a checkpoint loads on any number of workers
     if not run.resume(model, optimizer, effective_batch) and model.target.needs_fit:
         fit_target(model, source, cfg.seed, device)  # identical on every rank: same seed, same images
-    wall_clock = float((run.state or {}).get("wall_clock_s", 0.0))
+    wall_clock = float(run.metrics.get("pretrain_wall_clock_s", 0.0))  # the resumed checkpoint's epoch's
 
     flops = train_flops_per_image(model, device)  # before DDP: its backward must not reach the reducer
     # A parameter without a gradient (the decoder's mask token when the encoder takes the mask
@@ -79,8 +79,7 @@ def pretrain(job: PretrainJob, out_dir: Path, report: Report | None = None) -> d
         wall_clock += metrics["epoch_time_s"]
         return {**metrics, "pretrain_wall_clock_s": wall_clock, "train_flops_per_img": flops}
 
-    metrics = run.epochs(one_epoch, model=model, optimizer=optimizer, effective_batch=effective_batch, report=report,
-                         keep=lambda: {"wall_clock_s": wall_clock})
+    metrics = run.epochs(one_epoch, model=model, optimizer=optimizer, effective_batch=effective_batch, report=report)
     result = {"pretrain_loss": metrics.get("loss", float("nan")), "img_per_s": metrics.get("img_per_s", float("nan")),
               "pretrain_wall_clock_s": wall_clock, "train_flops_per_img": flops, "epochs": cfg.epochs,
               "workers": dist.world_size}
