@@ -2,6 +2,7 @@
 one real pass of every engine on the GPU.
 
     python benchmarks/bench_gpu.py            # needs a CUDA device; torch, timm and pydantic only
+    python benchmarks/bench_gpu.py --engines  # only 3. below: the engines' check, about a minute
 
 1. Speed: our MAE training step (forward, backward, fused AdamW, 75% masking, bf16 autocast, the
    attention kernel the engine picks) on a fixed batch already on the GPU, for each variant a GPU
@@ -164,6 +165,11 @@ def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("bench_gpu.py: no CUDA device is visible; run it on a machine with a GPU")
     gpu = torch.cuda.get_device_name(0)
+    if sys.argv[1:2] == ["--engines"]:
+        with tempfile.TemporaryDirectory() as tmp:
+            print("\n".join([f"engines on {gpu}, torch {torch.__version__}", "", "| engine check on CUDA | result |",
+                             "|---|---|", *engines(Path(tmp))]))
+        return
     limit = matmul_limit() / 1e12
     lines = [f"### GPU: pre-training speed and the engines on {gpu}\n",
              f"torch {torch.__version__}, CUDA {torch.version.cuda}. Speed: our training step (forward, backward, "

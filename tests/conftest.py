@@ -2,9 +2,15 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 import torch
+
+# scripts/test.sh runs two test processes (pytest-xdist): each gets its share of the cores for
+# torch's threads, so that two CPU-bound tests side by side do not oversubscribe the machine.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
 @pytest.fixture
@@ -42,7 +48,7 @@ def ray_session():
 
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     yield ray
     if started:
         ray.shutdown()

@@ -1,10 +1,10 @@
 """Data-parallel pre-training: N workers train exactly as one worker with N x the accumulation.
 
 Sharding and the process-group helpers are checked in-process; the engine runs under Ray Train's
-TorchTrainer with 2 CPU workers (gloo) in one local Ray started for this module. Two Ray runs
-carry the slow tests: 2 workers x accum 1 for 2 epochs (against 1 worker x accum 2), and
-2 workers x accum 2 stopped after epoch 0 and finished by 1 worker x accum 4 (against a straight
-1 worker x accum 4 run); both count DDP's gradient all-reduces.
+TorchTrainer with 2 CPU workers (gloo) in the test run's Ray. One Ray Train run carries the slow
+tests: 2 workers x accum 2 stopped after epoch 0 (counting DDP's gradient all-reduces) and
+finished by 1 worker x accum 4, against a straight 1 worker x accum 4 run. A whole 2-worker
+pre-training and fine-tune through `ablate run` is tests/test_workers.py's.
 """
 from __future__ import annotations
 
@@ -193,43 +193,11 @@ class Stop(Exception):
     """The caller's report raising, as a stopped trial's would."""
 
 
-@pytest.fixture(scope="module")
-def two_workers(ray_session, tmp_path_factory) -> tuple[Path, list[dict], dict]:
-    out = tmp_path_factory.mktemp("dp") / "w2-accum1"
-    seen: list[dict] = []
-    result = run_data_parallel(counting_engine(), job(accum=1), out, workers=2, gpus_per_worker=0, report=seen.append)
-    return out, seen, result
-
-
-@pytest.fixture(scope="module")
-def one_worker(tmp_path_factory) -> tuple[Path, list[dict]]:
-    out = tmp_path_factory.mktemp("dp") / "w1-accum2"
-    seen: list[dict] = []
-    pretrain(job(accum=2), out, seen.append)
-    return out, seen
-
-
 def assert_same_encoder(a: Path, b: Path) -> None:
     first, second = load_encoder(a), load_encoder(b)
     assert first.keys() == second.keys()
     for key in first:
         torch.testing.assert_close(first[key], second[key], rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.slow
-def test_two_workers_equal_one_worker_with_twice_the_accumulation(two_workers, one_worker) -> None:
-    out2, seen2, result2 = two_workers
-    out1, seen1 = one_worker
-    assert [m["epoch"] for m in seen2] == [0, 1]  # rank 0's reports, once per epoch, in order
-    assert [m["loss"] for m in seen2] == pytest.approx([m["loss"] for m in seen1], rel=1e-5)
-    assert [m["lr"] for m in seen2] == pytest.approx([m["lr"] for m in seen1], rel=1e-9)
-    assert result2["workers"] == 2 and result2["pretrain_loss"] == pytest.approx(seen1[-1]["loss"], rel=1e-5)
-    assert_same_encoder(out2, out1)
-    # Written once, by rank 0, from the unwrapped model (no DDP "module." prefix).
-    state = safe_load(out2 / LAST)
-    assert state["workers"] == 2 and not any(k.startswith("module.") for k in state["model"])
-    assert (out2 / "pretrain_result.json").is_file() and (out2 / "reconstructions.npz").is_file()
-    assert result2["allreduce_calls"] == optimizer_steps(2, 1, 2) == 8
 
 
 @pytest.fixture(scope="module")
@@ -250,18 +218,24 @@ def stopped_two_workers(ray_session, tmp_path_factory) -> tuple[Path, list[dict]
 @pytest.mark.slow
 def test_accumulation_all_reduces_once_per_optimizer_step(stopped_two_workers) -> None:
     _, seen = stopped_two_workers
-    assert [m["epoch"] for m in seen] == [0]
+    assert [m["epoch"] for m in seen] == [0]  # rank 0's report, once for the epoch
     micro_steps = IMAGES // BATCH // 2  # per rank in one epoch
     assert seen[0]["allreduce_calls"] == optimizer_steps(2, 2, 1) == micro_steps // 2 == 2
 
 
 @pytest.mark.slow
-def test_checkpoint_of_two_workers_resumes_on_one(stopped_two_workers, tmp_path: Path) -> None:
+def test_two_workers_equal_one_worker_with_twice_the_accumulation_and_resume_on_one(stopped_two_workers,
+                                                                                  tmp_path: Path) -> None:
+    """2 workers x accum 2 for epoch 0, then 1 worker x accum 4 from their checkpoint, equal a
+    straight 1 worker x accum 4 run: the same losses, learning rates and final encoder."""
     out, seen = stopped_two_workers
-    assert safe_load(out / LAST)["epoch"] == 0
+    state = safe_load(out / LAST)  # written once, by rank 0, from the unwrapped model (no DDP "module." prefix)
+    assert state["epoch"] == 0 and state["workers"] == 2
+    assert not any(k.startswith("module.") for k in state["model"])
     straight: list[dict] = []
     pretrain(job(accum=4), tmp_path / "straight", straight.append)
     assert seen[0]["loss"] == pytest.approx(straight[0]["loss"], rel=1e-5)
+    assert seen[0]["lr"] == pytest.approx(straight[0]["lr"], rel=1e-9)
     resumed: list[dict] = []
     result = pretrain(job(accum=4), out, resumed.append)  # same effective batch: 8 x 1 x 4
     assert [m["epoch"] for m in resumed] == [1]

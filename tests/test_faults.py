@@ -32,17 +32,19 @@ from tests.helpers import PROFILE, mlflow_runs, run, stamps, the_plan
 
 pytestmark = pytest.mark.slow
 
-# Epochs of 8 steps (128 synthetic images, batch 16); the faults strike after the first epoch (tests/faults.py).
+# Epochs of 8 steps (128 synthetic images, batch 16); the faults strike after the first epoch
+# (tests/faults.py), so the killed pre-training has epochs to resume on both sides of the kill.
+PRETRAIN_EPOCHS = 4
 DETERMINISM = """\
 name: {name}
 base:
   data: {{synthetic_size: 128}}
-  pretrain: {{epochs: 12}}
+  pretrain: {{epochs: %d}}
   linear_probe: {{epochs: 2}}
   finetune: {{epochs: 2, mixup: 0.8, cutmix: 1.0, drop_path: 0.1, reprob: 0.25, rand_augment: rand-m9-mstd0.5-inc1}}
 evaluations: [linear_probe, finetune]
 figures: []
-"""
+""" % PRETRAIN_EPOCHS
 # What must be bit-equal between runs of the same study and seed (timings never are).
 EXACT = ["pretrain_loss", "lin_top1", "lin_top5", "ft_top1", "ft_top5", "train_flops_per_img"]
 TIMINGS = {"img_per_s", "epoch_time_s", "pretrain_wall_clock_s"}
@@ -186,14 +188,14 @@ def test_worker_killed_with_sigkill_resumes_from_its_checkpoint(disturbed):
     output = disturbed["output"]
     assert disturbed["rc"] == 0, output
     assert "Traceback" not in output and "retry" in output
-    assert disturbed["killed_after"] and disturbed["killed_after"][-1] < 11  # killed mid-stage
+    assert disturbed["killed_after"] and disturbed["killed_after"][-1] < PRETRAIN_EPOCHS - 1  # killed mid-stage
     assert not alive(disturbed["victim"])
     pids = [a["pid"] for a in attempts(project, pre)]
     assert len(pids) == 2 and pids[0] == disturbed["victim"] and pids[1] != pids[0]
     epochs = epochs_reported(project, pre)
     # Resumed, not restarted: no epoch ran twice, and none is missing: the killed epoch's line,
     # which its worker never wrote, was recovered from its checkpoint by the retry.
-    assert epochs == list(range(12))
+    assert epochs == list(range(PRETRAIN_EPOCHS))
     for sid in p.stages:
         assert store.state(project / "runs", sid) == store.DONE
         assert len(attempts(project, sid)) == 2  # the evaluations crashed once each (os._exit)
@@ -202,9 +204,9 @@ def test_worker_killed_with_sigkill_resumes_from_its_checkpoint(disturbed):
     points = metric_points(project, "det")
     assert_one_point_per_step(points)
     assert sorted(points[pre]["pretrain_loss"]) == sorted(epochs)
-    print(f"\nworker SIGKILL after epoch {disturbed['killed_after'][-1]}: attempts {pids}, {len(epochs)}/12 epochs "
-          f"reported, none twice; {len(children)} stage runs, all FINISHED with retries=1; "
-          f"{disturbed['seconds']:.0f} s for the study")
+    print(f"\nworker SIGKILL after epoch {disturbed['killed_after'][-1]}: attempts {pids}, "
+          f"{len(epochs)}/{PRETRAIN_EPOCHS} epochs reported, none twice; {len(children)} stage runs, all FINISHED "
+          f"with retries=1; {disturbed['seconds']:.0f} s for the study")
 
 
 def test_an_epoch_written_but_never_reported_still_reaches_mlflow(root):
@@ -326,7 +328,8 @@ def test_disk_full_mid_run_stops_in_one_line_and_resumes(tmp_path, mounted):
 
     project = make_project(tmp_path / "project")
     disk = mounted("tmpfs", tmp_path / "disk", "-o", "size=24m")
-    study = write(project, "full", "name: {name}\nbase:\n  pretrain: {{epochs: 12}}\nevaluations: []\nfigures: []\n")
+    study = write(project, "full", "name: {name}\nbase:\n  pretrain: {{epochs: %d}}\nevaluations: []\nfigures: []\n"
+                  % PRETRAIN_EPOCHS)
     (sid,) = the_plan(study).stages
     (project / "runs").symlink_to(disk)
     process = start(project, study, project / "run.log", fault=f"fill-disk:{sid}:0")  # after its first epoch
@@ -358,11 +361,12 @@ def test_disk_full_mid_run_stops_in_one_line_and_resumes(tmp_path, mounted):
     assert again.exit_code == 0, again.output
     assert store.state(project / "runs", sid) == store.DONE
     epochs = [e["epoch"] for e in store.epochs(project / "runs", sid)]
-    assert epochs[-1] == 11 and len(set(epochs)) >= 11  # at most the epoch cut by the full disk is missing
+    last = PRETRAIN_EPOCHS - 1
+    assert epochs[-1] == last and len(set(epochs)) >= last  # at most the epoch cut by the full disk is missing
     assert_runs_closed(project, "full", [sid])
     assert_one_point_per_step(metric_points(project, "full"))
     print(f"\ndisk full mid-stage: exit 1, one line; {len(files)} files left, no temporary one, every JSON and "
-          f"checkpoint whole; the rerun resumed and logged {len(set(epochs))}/12 epochs")
+          f"checkpoint whole; the rerun resumed and logged {len(set(epochs))}/{PRETRAIN_EPOCHS} epochs")
 
 
 # ------------------------------------------------------------------------------ c. truncated checkpoint

@@ -286,10 +286,10 @@ def project(tmp_path_factory) -> Path:
     return root
 
 
-def run(project: Path, name: str, text: str):
+def run(project: Path, name: str, text: str, *extra: str):
     study = project / f"{name}.yaml"
     study.write_text(text.format(name=name))
-    result = CliRunner().invoke(app, ["run", str(study), "--profile", "tiny", "--out", str(project / "runs")])
+    result = CliRunner().invoke(app, ["run", str(study), "--profile", "tiny", "--out", str(project / "runs"), *extra])
     assert "Traceback" not in result.output, result.output
     return result, plan(load_study(study), load_profile("tiny", study))
 
@@ -318,7 +318,7 @@ def two_studies(ray_session, project):
     started = time.perf_counter()
     two = run(project, "two_workers", TWO_WORKERS)
     middle = time.perf_counter()
-    one = run(project, "one_worker", ONE_WORKER)
+    one = run(project, "one_worker", ONE_WORKER, "--backend", "serial")  # the reference: one worker, in process
     print(f"2-worker study {middle - started:.1f} s, 1-worker study {time.perf_counter() - middle:.1f} s")
     return two, one
 

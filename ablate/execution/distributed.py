@@ -26,6 +26,7 @@ itself), so resuming means calling this again with the same `out_dir`, on any nu
 from __future__ import annotations
 
 import math
+import os
 import queue
 import tempfile
 import threading
@@ -39,6 +40,11 @@ Report = Callable[[dict], None]
 Engine = Callable[[Any, Path, Report | None], dict]
 
 WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+# Ray Train's controller notices that its workers finished by polling them, every 2 s by default,
+# which a short stage waits out at its end. Ray Train carries this variable from the process that
+# calls fit() to its controller. Measured on a 2-core Xeon, a 2-worker run that does nothing: 3.3 s
+# from rank 0's return to fit()'s at 2 s, 1.4 s at 0.1 s. A user's own setting is kept.
+HEALTH_CHECK_ENV = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 _POLL_S = 0.2
 _EPS = 1e-9
 
@@ -232,6 +238,7 @@ def run_data_parallel(fn: Engine, job: Any, out_dir: Path, *, workers: int, gpus
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     threads = max(1, int(cpus_per_worker))
+    os.environ.setdefault(*HEALTH_CHECK_ENV)
     channel = ReportChannel()
     try:
         with tempfile.TemporaryDirectory(prefix="ray-train-") as storage:
