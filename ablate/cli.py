@@ -146,12 +146,29 @@ def validate(study: StudyArg, profile: ProfileOpt = None, seeds: SeedsOpt = None
                      f"{len(p.stages)} stage(s)")
 
 
-@app.command(name="plan")
-def show_plan(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT_OUT,
-              seeds: SeedsOpt = None) -> None:
-    """Show the stage table (arm, stage, stage id, done?) with a cost estimate. Runs and writes nothing."""
-    from ablate.presentation.views import plan_table
+def study_files(folder: Path) -> list[Path]:
+    """The study files of a folder (its own *.yaml, not the profiles below it), in name order."""
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    if not files:
+        with bad_input():
+            raise StudyError(folder, "", "a folder of studies holds .yaml study files; this one has none")
+    return files
 
+
+@app.command(name="plan")
+def show_plan(study: Annotated[Path, typer.Argument(help="The study file, e.g. studies/masking_ratio.yaml, or a "
+                                                         "folder of them (studies/: every study, shared stages "
+                                                         "counted once).", show_default=False)],
+              profile: ProfileOpt = None, out: OutOpt = store.DEFAULT_OUT, seeds: SeedsOpt = None) -> None:
+    """Show the stage table (arm, stage, stage id, done?) with a cost estimate; for a folder of
+    studies, one row per study and the whole suite's cost. Runs and writes nothing."""
+    from ablate.presentation.views import plan_table, suite_table
+
+    if study.is_dir():
+        files = study_files(study)
+        plans = [load(path, profile, seeds=seeds, say=i == 0) for i, path in enumerate(files)]
+        suite_table(plans, out, _console())
+        return
     p = load(study, profile, seeds=seeds)
     plan_table(p, out, _console())
 

@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from core.files import write_text
+from dashboards import claims
 from dashboards.contract import DONE, FAILED, METRIC_LABELS, PENDING, MlflowLinks, StudyInfo
 from dashboards.figures import get_figure, save_figure
 from dashboards.findings import Findings, study_findings
@@ -134,6 +135,14 @@ def _findings_section(findings: Findings | None) -> str:
     table = to_html(findings.rows) if len(findings.rows) else ""
     return (f'<div class="findings">{text}</div>{table}<p class="note"><a href="tables/findings.md">Markdown</a> · '
             f'<a href="tables/findings.csv">CSV</a></p>' if table else f'<div class="findings">{text}</div>')
+
+
+def _claims_section(judged: list[claims.Judged]) -> str:
+    """The paper's findings this study tests (dashboards/claims.yaml), each with its verdict."""
+    if not judged:
+        return ""
+    return (f"<h3>The paper's findings tested here</h3><p>{html.escape(claims.tally(judged))}.</p>"
+            f"{to_html(claims.table(judged).drop(columns='study'))}")
 
 
 def _mlflow_section(study: StudyInfo, mlflow: MlflowLinks | None) -> str:
@@ -273,6 +282,9 @@ def write_report(out_dir: Path | str, *, study: StudyInfo, results: pd.DataFrame
     if findings is not None and len(findings.rows):
         write_text(table_dir / "findings.md", to_markdown(findings.rows))
         write_text(table_dir / "findings.csv", findings.rows.to_csv(index=False))
+    judged = claims.judge_all([c for c in claims.load_claims() if c.study == study.name], {study.name: results})
+    if judged:
+        write_text(table_dir / "claims.md", to_markdown(claims.table(judged)))
     name = html.escape(study.name)
     generated = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     page = f"""<!DOCTYPE html>
@@ -286,6 +298,7 @@ def write_report(out_dir: Path | str, *, study: StudyInfo, results: pd.DataFrame
 {_status_section(results)}
 <h2>What the study shows</h2>
 {_findings_section(findings)}
+{_claims_section(judged)}
 <h2>Arms</h2>
 {_arms_table(results, study, mlflow)}
 <h2>Figures</h2>

@@ -80,6 +80,39 @@ def test_plan_on_a_gpu_profile_prints_gpu_hours_and_where_its_speed_comes_from()
     assert "from the throughput of paper.yaml" in out and "vit_large_patch16 2175 img/s" in out
 
 
+def test_plan_of_a_folder_counts_each_shared_stage_once_and_costs_the_whole_suite(tmp_path):
+    """`ablate plan studies/`: a row per study; a stage several studies share counted once, in the
+    first study that has it; the suite's GPU-hours on the paper profile are the sum over distinct
+    stages (recomputed here from cost.estimate)."""
+    from ablate.planning.cost import estimate
+
+    folder = ROOT / "studies"
+    result = invoke("plan", str(folder), "--profile", "paper", "--out", str(tmp_path / "runs"))
+    assert result.exit_code == 0, result.output
+    plans = []
+    for path in sorted(folder.glob("*.yaml")):
+        study = load_study(path)
+        plans.append(plan(study, load_profile("paper", study.source)))
+    distinct = {sid: (p, stage) for p in plans for sid, stage in reversed(list(p.stages.items()))}
+    shared = sum(len(p.stages) for p in plans) - len(distinct)
+    assert shared > 0  # the quickstart's and other studies' default arms are the masking ratio study's
+    lines = result.stdout.splitlines()
+    for p in plans:
+        assert any(line.split()[:1] == [p.study.name] for line in lines), p.study.name
+    out = " ".join(result.stdout.split())
+    assert f"{len(plans)} studies: {len(distinct)} distinct stages ({shared} shared" in out
+    gpu_hours = sum(estimate(stage, p.profile).seconds * stage.workers * p.profile.resources.gpu
+                    for p, stage in distinct.values()) / 3600
+    assert f"({gpu_hours:,.1f} GPU-hours)" in out and "from the throughput of paper.yaml" in out
+    assert not (tmp_path / "runs").exists()  # nothing written
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    refused = invoke("plan", str(empty))
+    assert refused.exit_code == 2 and refused.stderr.strip() == f"{empty}: a folder of studies holds .yaml study " \
+                                                                 "files; this one has none"
+
+
 def test_plan_and_status_see_done_and_failed_stages(project):
     p = plan(load_study(project / "cli.yaml"), load_profile("tiny", project / "cli.yaml"))
     pre_a, pre_b = (r.stages["pretrain"] for r in p.runs)

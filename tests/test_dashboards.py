@@ -557,10 +557,15 @@ def test_a_trend_study_is_judged_as_a_trend(tmp_path):
         for seed, noise in enumerate((0.0, 0.4, -0.3)):
             rows.append(_row("schedule", f"epochs={epochs}", seed, "done", _defaults(**{"pretrain.epochs": epochs}),
                              lin_top1=lin + noise, ft_top1=80.0 + 0.05 * noise))
-    page = write_report(tmp_path, study=replace(STUDY, trend="pretrain.epochs"), results=pd.DataFrame(rows),
-                        history=pd.DataFrame(), figures=[], tables=["fig7_schedule"]).read_text()
+    page = write_report(tmp_path, study=replace(STUDY, name="schedule", trend="pretrain.epochs"),
+                        results=pd.DataFrame(rows), history=pd.DataFrame(), figures=[], tables=["fig7_schedule"]).read_text()
     findings = pd.read_csv(tmp_path / "tables" / "findings.csv").set_index("metric")
     assert findings.loc["linear probing", "verdict"] == "rises"
     assert findings.loc["linear probing", "paper ordering"] == "reproduced"  # Figure 7 rises too
     assert findings.loc["fine-tuning", "verdict"] == "flat"
     assert "per doubling" in page
+    # The paper's finding this study tests (dashboards/claims.yaml), judged in the same words.
+    claims = page[page.index("The paper's findings tested here"):page.index("<h2>Arms</h2>")]
+    assert "1 of 1 of the paper&#x27;s findings reproduced at this scale" in claims
+    assert "Longer pre-training keeps improving the linear probe" in claims and "reproduced" in claims
+    assert "Figure 7: lin top-1 57.3" in (tmp_path / "tables" / "claims.md").read_text()

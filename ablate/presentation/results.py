@@ -182,7 +182,7 @@ def _inputs_digest(plan: Plan, study: StudyInfo, results: pd.DataFrame, history:
     for arm, path in sorted(recon.items()):
         stat = path.stat()
         h.update(f"{arm}:{path}:{stat.st_size}:{stat.st_mtime_ns}\0".encode())
-    for source in sorted(DASHBOARDS.glob("*.py")):
+    for source in sorted([*DASHBOARDS.glob("*.py"), *DASHBOARDS.glob("*.yaml")]):  # code and claims
         h.update(source.read_bytes())
     return h.hexdigest()
 

@@ -45,6 +45,48 @@ def resources_summary(plan: Plan) -> str:
                      for workers, names in sorted(kinds.items(), reverse=True))
 
 
+class ToRun:
+    """The cost of the stages still to run (each counted once), summed as `ablate plan` prints it."""
+
+    def __init__(self) -> None:
+        self.images, self.unknown, self.gpu_seconds = 0, False, 0.0
+        self.seconds: dict[tuple[int, int], float] = {}  # (slots, workers) -> trial seconds: sizes pack differently
+
+    def add(self, plan: Plan, sid: str) -> None:
+        stage = plan.stages[sid]
+        cost = estimate(stage, plan.profile)
+        self.images += cost.images
+        self.unknown |= cost.seconds is None
+        key = (parallel_trials(plan, stage.workers), stage.workers)
+        self.seconds[key] = self.seconds.get(key, 0.0) + (cost.seconds or 0.0)
+        self.gpu_seconds += (cost.seconds or 0.0) * stage.workers * plan.resources.gpu
+
+    @property
+    def trial_seconds(self) -> float:
+        return sum(self.seconds.values())
+
+    def timing(self) -> str:
+        """'~12.0 min of trial time (3.0 GPU-hours), about 6.0 min with 2 trial(s) at once, ...'."""
+        if self.unknown:
+            return "time unknown: the profile has no measured speed for this model variant"
+        workers = {w for _, w in self.seconds}
+        size = {w: "" if len(workers) == 1 else "single-worker " if w == 1 else f"{w}-worker " for w in workers}
+        at_once = " and ".join(dict.fromkeys(f"{n} {size[w]}trial(s)" for n, w in sorted(self.seconds, key=lambda k: k[1])))
+        wall = sum(seconds / slots for (slots, _), seconds in self.seconds.items())
+        gpu_hours = f" ({self.gpu_seconds / 3600:,.1f} GPU-hours)" if self.gpu_seconds else ""
+        return (f"~{duration(self.trial_seconds)} of trial time{gpu_hours}, about {duration(wall)} with "
+                f"{at_once or '1 trial(s)'} at once, plus Ray start-up and about 10 s per stage"
+                f"{' (20 s more to start a data-parallel one)' if any(w > 1 for w in workers) else ''}")
+
+
+def speeds(plan: Plan) -> str:
+    """The profile's measured speeds and the file they come from."""
+    speed = ", ".join(f"{k} {v:g} img/s" for k, v in plan.profile.throughput.items()) or "none given"
+    source = plan.profile.source
+    where = f"the throughput of {source.name}, whose comments say where it was measured" if source else "the profile"
+    return f"Speeds (MAE pre-training, one worker, from {where}): {speed}."
+
+
 def plan_table(plan: Plan, out_root: Path, console: Console) -> None:
     study = plan.study
     states = current_states(plan, out_root)
@@ -54,20 +96,15 @@ def plan_table(plan: Plan, out_root: Path, console: Console) -> None:
                             ("state", "left"), ("resources", "left"), ("images", "right"), ("~time", "right")):
         table.add_column(column, justify=justify, no_wrap=column in ("stage id", "resources", "images"))
     seen: set[str] = set()
-    todo_images, unknown, gpu_seconds = 0, False, 0.0
-    todo_seconds: dict[int, float] = {}  # per worker count: trials of different sizes pack differently
+    todo = ToRun()
     for run in plan.runs:
         named = list(run.stages.items()) + [(f"{name}#{i + 1}", sid) for name, ids in run.candidates.items()
                                             for i, sid in enumerate(ids)]
         for name, sid in named:
             cost = estimate(plan.stages[sid], plan.profile)
             state = states[sid] if sid not in seen else f"{states[sid]}, shared"
-            workers = plan.stages[sid].workers
             if sid not in seen and states[sid] != store.DONE:
-                todo_images += cost.images
-                unknown |= cost.seconds is None
-                todo_seconds[workers] = todo_seconds.get(workers, 0.0) + (cost.seconds or 0.0)
-                gpu_seconds += (cost.seconds or 0.0) * workers * plan.profile.resources.gpu
+                todo.add(plan, sid)
             seen.add(sid)
             table.add_row(run.arm, str(run.seed), name, sid, state, plan.trial_resources(sid), f"{cost.images:,}",
                           duration(cost.seconds))
@@ -76,22 +113,39 @@ def plan_table(plan: Plan, out_root: Path, console: Console) -> None:
     console.print(f"{len(plan.arms)} arm(s) x {len(study.seeds)} seed(s): {len(plan.stages)} distinct stages, "
                   f"{counts[store.DONE]} done, {counts[store.FAILED]} failed, {counts[store.BLOCKED]} blocked, "
                   f"{counts[store.PENDING]} to run; {resources_summary(plan)}")
-    slots = {workers: parallel_trials(plan, workers) for workers in todo_seconds}
-    speed = ", ".join(f"{k} {v:g} img/s" for k, v in plan.profile.throughput.items()) or "none given"
-    if unknown:
-        timing = "time unknown: the profile has no measured speed for this model variant"
-    else:
-        size = {w: "" if len(slots) == 1 else "single-worker " if w == 1 else f"{w}-worker " for w in slots}
-        at_once = " and ".join(f"{n} {size[w]}trial(s)" for w, n in sorted(slots.items())) or "1 trial(s)"
-        wall = sum(seconds / slots[w] for w, seconds in todo_seconds.items())
-        gpu_hours = f" ({gpu_seconds / 3600:,.1f} GPU-hours)" if gpu_seconds else ""
-        timing = (f"~{duration(sum(todo_seconds.values()))} of trial time{gpu_hours}, about {duration(wall)} with "
-                  f"{at_once} at once, plus Ray start-up and about 10 s per stage"
-                  f"{' (20 s more to start a data-parallel one)' if any(w > 1 for w in slots) else ''}")
-    source = plan.profile.source
-    where = f"the throughput of {source.name}, whose comments say where it was measured" if source else "the profile"
-    console.print(f"to run: {todo_images:,} images; {timing}. Speeds (MAE pre-training, one worker, from {where}): "
-                  f"{speed}.")
+    console.print(f"to run: {todo.images:,} images; {todo.timing()}. {speeds(plan)}")
+    console.print(f"stage folders: {store.stages_root(out_root)}/<stage id>/ (nothing was run or written)")
+
+
+def suite_table(plans: list[Plan], out_root: Path, console: Console) -> None:
+    """Several studies planned together (`ablate plan studies/`): one row per study, a stage that
+    several studies share counted once, where it first appears, and the whole suite's cost."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column, justify in (("study", "left"), ("arms", "right"), ("seeds", "right"), ("stages", "right"),
+                            ("shared", "right"), ("done", "right"), ("to run", "right"), ("~trial time", "right")):
+        table.add_column(column, justify=justify)
+    seen: set[str] = set()
+    total = ToRun()
+    done = 0
+    for plan in plans:
+        states = current_states(plan, out_root)
+        own = ToRun()
+        new = [sid for sid in plan.stages if sid not in seen]
+        for sid in new:
+            if states[sid] == store.DONE:
+                done += 1
+            else:
+                own.add(plan, sid)
+                total.add(plan, sid)
+        seen.update(plan.stages)
+        pending = sum(1 for sid in new if states[sid] != store.DONE)
+        table.add_row(plan.study.name, str(len(plan.arms)), str(len(plan.study.seeds)), str(len(plan.stages)),
+                      str(len(plan.stages) - len(new)), str(len(new) - pending), str(pending),
+                      "?" if own.unknown else duration(own.trial_seconds))
+    console.print(table)
+    console.print(f"{len(plans)} studies: {len(seen)} distinct stages ({sum(len(p.stages) for p in plans) - len(seen)} "
+                  f"shared with a study above them, counted once), {done} done, {len(seen) - done} to run.")
+    console.print(f"to run: {total.images:,} images; {total.timing()}. {speeds(plans[0])}")
     console.print(f"stage folders: {store.stages_root(out_root)}/<stage id>/ (nothing was run or written)")
 
 
