@@ -25,7 +25,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ablate.cli import app
-from ablate.execution import store
+from ablate.execution import lease, store
 from ablate.execution.stages import run_stage
 from tests import faults
 from tests.helpers import PROFILE, mlflow_runs, run, stamps, the_plan
@@ -258,6 +258,11 @@ def test_driver_killed_with_sigkill_then_the_same_command_finishes(root):
         left = {pid for pid in session_processes(driver.pid) if alive(pid)}
         runs = {r["stage_id"]: r["status"] for r in mlflow_runs(project, "dkill") if r["role"] == "stage"}
         assert runs[long] == "RUNNING"  # as the killed driver left it
+        # The killed driver's trial worker held the long stage's lease; with it gone the lease is stale.
+        held = lease.holder(store.stage_dir(out, long))
+        assert held is not None and held.pid == worker and held.gone()
+        assert lease.live_holder(store.stage_dir(out, long)) is None
+        before_kill = epochs_reported(project, long)
 
         rerun_started = time.time()
         again = start(project, study, project / "second.log")
@@ -268,6 +273,9 @@ def test_driver_killed_with_sigkill_then_the_same_command_finishes(root):
         assert "Traceback" not in output
         assert stamps(project, [short]) == before  # the finished stage was not rerun
         assert len(attempts(project, long)) == 2 and store.state(out, long) == store.DONE
+        # The rerun took the stale lease over and resumed from the stage's checkpoint: no epoch twice.
+        after = epochs_reported(project, long)
+        assert after[:len(before_kill)] == before_kill and after == list(range(40)), (before_kill, after)
         assert_runs_closed(project, "dkill", p.stages)
         points = metric_points(project, "dkill")
         assert_one_point_per_step(points)
