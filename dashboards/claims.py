@@ -106,8 +106,9 @@ class ArgmaxInRange(_Claim):
         inside = [a for a in position if low <= position[a] <= high and not math.isnan(means[a].mean)]
         outside = [a for a in position if not low <= position[a] <= high and not math.isnan(means[a].mean)]
         if not inside or not outside:
-            return self._judged(decide.INCONCLUSIVE, f"the study has no measured arm {'inside' if not inside else 'outside'} "
-                                                     f"{self.axis} in [{low:g}, {high:g}]")
+            missing = "inside" if not inside else "outside"
+            return self._judged(decide.INCONCLUSIVE,
+                                f"the study has no measured arm {missing} {self.axis} in [{low:g}, {high:g}]")
         best = max(inside, key=lambda a: means[a].mean)
         family = decide.decide([decide.compare(other, self.metric, decide.by_seed(done, best, self.metric),
                                                decide.by_seed(done, other, self.metric), margin=0.0)

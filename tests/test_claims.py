@@ -163,7 +163,8 @@ def test_an_exact_ratio_is_decided_by_one_seed_and_a_measured_one_by_its_interva
     measured = planted({"w": a, "wo": b}, metric="img_per_s")
     for value, word in ((low - 0.01, decide.REPRODUCED), (high + 0.01, decide.NOT_REPRODUCED),
                         ((low + high) / 2, decide.INCONCLUSIVE)):
-        judged = claim("ratio_exceeds", metric="img_per_s", a={"arm": "w"}, b={"arm": "wo"}, value=value).judge(measured)
+        c = claim("ratio_exceeds", metric="img_per_s", a={"arm": "w"}, b={"arm": "wo"}, value=value)
+        judged = c.judge(measured)
         assert judged.agreement == word, (value, judged)
     assert f"{np.mean(ratios):.2f} ± {(high - low) / 2:.2f} (n=4)" in judged.evidence
     one = claim("ratio_exceeds", metric="img_per_s", a={"arm": "w"}, b={"arm": "wo"}, value=2.0)

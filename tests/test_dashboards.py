@@ -558,7 +558,8 @@ def test_a_trend_study_is_judged_as_a_trend(tmp_path):
             rows.append(_row("schedule", f"epochs={epochs}", seed, "done", _defaults(**{"pretrain.epochs": epochs}),
                              lin_top1=lin + noise, ft_top1=80.0 + 0.05 * noise))
     page = write_report(tmp_path, study=replace(STUDY, name="schedule", trend="pretrain.epochs"),
-                        results=pd.DataFrame(rows), history=pd.DataFrame(), figures=[], tables=["fig7_schedule"]).read_text()
+                        results=pd.DataFrame(rows), history=pd.DataFrame(), figures=[],
+                        tables=["fig7_schedule"]).read_text()
     findings = pd.read_csv(tmp_path / "tables" / "findings.csv").set_index("metric")
     assert findings.loc["linear probing", "verdict"] == "rises"
     assert findings.loc["linear probing", "paper ordering"] == "reproduced"  # Figure 7 rises too

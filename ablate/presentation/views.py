@@ -71,7 +71,8 @@ class ToRun:
             return "time unknown: the profile has no measured speed for this model variant"
         workers = {w for _, w in self.seconds}
         size = {w: "" if len(workers) == 1 else "single-worker " if w == 1 else f"{w}-worker " for w in workers}
-        at_once = " and ".join(dict.fromkeys(f"{n} {size[w]}trial(s)" for n, w in sorted(self.seconds, key=lambda k: k[1])))
+        by_workers = sorted(self.seconds, key=lambda key: key[1])
+        at_once = " and ".join(dict.fromkeys(f"{n} {size[w]}trial(s)" for n, w in by_workers))
         wall = sum(seconds / slots for (slots, _), seconds in self.seconds.items())
         gpu_hours = f" ({self.gpu_seconds / 3600:,.1f} GPU-hours)" if self.gpu_seconds else ""
         return (f"~{duration(self.trial_seconds)} of trial time{gpu_hours}, about {duration(wall)} with "
