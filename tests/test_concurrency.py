@@ -56,6 +56,22 @@ def test_a_stale_lease_is_taken_over(tmp_path):
     assert str(Lease(tmp_path).acquire()) == "another-host/1"
 
 
+def test_a_lease_of_an_exited_process_not_yet_reaped_is_stale(tmp_path):
+    """A killed driver's trial worker can stay a zombie until its parent reaps it: its pid still
+    answers kill(pid, 0), but it holds nothing, and its lease is taken over at once."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            time.sleep(0.01)  # the child's own exit, seen from /proc: it is a zombie now, not reaped
+        os.kill(child.pid, 0)  # still answers
+        write_lease(tmp_path, socket.gethostname(), child.pid, time.time())  # a fresh heartbeat
+        assert lease.holder(tmp_path).gone() and lease.live_holder(tmp_path) is None
+        assert Lease(tmp_path).acquire() is None and lease.holder(tmp_path).pid == os.getpid()
+    finally:
+        child.wait()
+    assert lease.process_running(os.getpid()) and not lease.process_running(child.pid)
+
+
 def test_the_heartbeat_keeps_a_lease_alive(tmp_path):
     mine = Lease(tmp_path)
     assert mine.acquire() is None

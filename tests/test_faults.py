@@ -109,12 +109,7 @@ def attempts(project: Path, sid: str) -> list[dict]:
     return (store.read_json(store.stage_dir(project / "runs", sid) / "stage.json") or {"attempts": []})["attempts"]
 
 
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead, only not reaped
-    except (FileNotFoundError, ProcessLookupError):
-        return False
+alive = lease.process_running  # a zombie is dead, only not reaped
 
 
 def session_processes(session: int) -> set[int]:

@@ -6,7 +6,8 @@ mount (NFS) seen by several. A stage runs in exactly one place at a time:
 - `lease.json` is created with O_CREAT | O_EXCL (atomic on local disks and on NFS v3 and later);
   it names its owner (host, pid, start time) and the time of its last heartbeat;
 - the owner's heartbeat thread rewrites it every BEAT_S seconds (an atomic replace);
-- a lease is stale when its owner is gone: on the same host, its pid no longer exists; anywhere,
+- a lease is stale when its owner is gone: on the same host, its pid no longer runs (exited,
+  also when not yet reaped: a zombie); anywhere,
   its heartbeat is older than STALE_S (clocks of the machines sharing a root are assumed to be
   within a few seconds of each other, as NTP keeps them). A stale lease is taken over: renamed
   aside (only one of several takers can rename it), then created anew;
@@ -46,14 +47,24 @@ class Holder:
     def gone(self, now: float | None = None) -> bool:
         """Its process is gone (same host) or its heartbeat stopped (any host)."""
         now = time.time() if now is None else now
-        if self.host == socket.gethostname():
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                return True
-            except PermissionError:  # alive, another user's
-                pass
+        if self.host == socket.gethostname() and not process_running(self.pid):
+            return True
         return now - self.beat > STALE_S
+
+
+def process_running(pid: int) -> bool:
+    """The process exists on this host and has not exited. A zombie (dead, not yet reaped by its
+    parent, as a killed driver's trial worker can stay for a while) holds nothing."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc (not Linux): os.kill's answer stands
+        return True
 
 
 def holder(folder: Path) -> Holder | None:
