@@ -42,7 +42,7 @@ def sdpa_calls(monkeypatch) -> list[int]:
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray (2 CPUs) for the whole test run, started by the first test that asks for it
+    """One local Ray (2 CPUs) per test process for the whole run, started by the first test that asks for it
     (start-up costs seconds); the Ray backend joins it. One a test left running is used and left as it is."""
     import ray
 
