@@ -61,7 +61,9 @@ def test_a_lease_of_an_exited_process_not_yet_reaped_is_stale(tmp_path):
     answers kill(pid, 0), but it holds nothing, and its lease is taken over at once."""
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     try:
+        deadline = time.time() + 60
         while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.time() < deadline, "the child never exited"
             time.sleep(0.01)  # the child's own exit, seen from /proc: it is a zombie now, not reaped
         os.kill(child.pid, 0)  # still answers
         write_lease(tmp_path, socket.gethostname(), child.pid, time.time())  # a fresh heartbeat
