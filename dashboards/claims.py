@@ -40,7 +40,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from dashboards import decide
-from dashboards.contract import DONE
 
 CLAIMS_FILE = Path(__file__).with_name("claims.yaml")
 
@@ -222,7 +221,7 @@ def _against(claim: _Claim, estimate: decide.Interval, what: str, digits: int) -
 def _done(results: pd.DataFrame) -> pd.DataFrame:
     if results.empty or "arm" not in results:
         return pd.DataFrame({"arm": [], "seed": []})
-    return results[results["status"] == DONE] if "status" in results else results
+    return decide.done_rows(results)
 
 
 Claim = Annotated[Union[ArgmaxInRange, Trend, Sign, RatioExceeds, GapFraction], Field(discriminator="kind")]

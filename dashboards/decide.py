@@ -248,14 +248,17 @@ def y_span(lows: Sequence[float], highs: Sequence[float], minimum: float = 2.0) 
 
 
 # ------------------------------------------------------------------------------ from a results table
+def done_rows(results):
+    """The rows of a results table whose (arm, seed) is done (all rows of a table without `status`)."""
+    return results[results["status"] == DONE] if "status" in results else results
+
+
 def by_seed(results, arm: str, metric: str) -> dict[int, float]:
     """seed -> value of `metric` for one arm, over the seeds that are done (a results table:
     one row per arm and seed, with `arm`, `seed`, `status` columns)."""
     if metric not in results or results.empty:
         return {}
-    rows = results[(results["arm"] == arm)]
-    if "status" in rows:
-        rows = rows[rows["status"] == DONE]
+    rows = done_rows(results[results["arm"] == arm])
     out = {}
     for seed, value in zip(rows["seed"], rows[metric]):
         try:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from dashboards import decide
-from dashboards.contract import DONE, StudyInfo
+from dashboards.contract import StudyInfo
 
 # The accuracies a verdict is given for, with their names in words and their paper columns.
 JUDGED = {"lin_top1": ("linear probing", "paper lin"), "ft_top1": ("fine-tuning", "paper ft"),
@@ -44,7 +44,7 @@ def paper_values(tables: Sequence[pd.DataFrame], column: str) -> dict[str, float
 def _seeds(results: pd.DataFrame) -> int:
     if results.empty or "seed" not in results:
         return 0
-    done = results[results["status"] == DONE] if "status" in results else results
+    done = decide.done_rows(results)
     return int(done.groupby("arm")["seed"].nunique().max()) if len(done) else 0
 
 
@@ -92,7 +92,7 @@ def against_baseline(results: pd.DataFrame, baseline: str, tables: Sequence[pd.D
 def along_trend(results: pd.DataFrame, axis: str, tables: Sequence[pd.DataFrame],
                 margin: float = decide.DEFAULT_MARGIN) -> Findings:
     """The slope per doubling of `axis` for each accuracy, and whether the paper's direction holds."""
-    done = results[results["status"] == DONE] if "status" in results else results
+    done = decide.done_rows(results)
     rows, counts = [], {word: 0 for word in decide.AGREEMENT}
     sentences = []
     for metric, (what, column) in JUDGED.items():

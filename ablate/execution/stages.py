@@ -152,7 +152,7 @@ def _run_locked(stage: Stage, out_root: Path, folder: Path, report: Report | Non
         torch.set_num_threads(threads)
 
     started = time.time()
-    _recover_line(folder)
+    _recover_line(out_root, folder)
 
     def on_epoch(metrics: dict) -> None:
         row = _record(folder, metrics, time.time())
@@ -183,7 +183,7 @@ def _run_locked(stage: Stage, out_root: Path, folder: Path, report: Report | Non
     return result
 
 
-def _recover_line(folder: Path) -> None:
+def _recover_line(out_root: Path, folder: Path) -> None:
     """The line of the epoch the newest checkpoint holds, where a worker died after writing that
     checkpoint and before its line (the retry resumes after that epoch, so nothing would write it):
     from the metrics the checkpoint keeps, timed by the checkpoint file."""
@@ -198,7 +198,7 @@ def _recover_line(folder: Path) -> None:
         return
     if not isinstance(metrics, dict) or "epoch" not in metrics:
         return
-    if all(row.get("epoch") != metrics["epoch"] for row in store.epochs(folder.parent.parent, folder.name)):
+    if all(row.get("epoch") != metrics["epoch"] for row in store.epochs(out_root, folder.name)):
         _record(folder, metrics, path.stat().st_mtime)
 
 

@@ -130,18 +130,16 @@ def suite_table(plans: list[Plan], out_root: Path, console: Console) -> None:
     done = 0
     for plan in plans:
         states = current_states(plan, out_root)
-        own = ToRun()
         new = [sid for sid in plan.stages if sid not in seen]
-        for sid in new:
-            if states[sid] == store.DONE:
-                done += 1
-            else:
-                own.add(plan, sid)
-                total.add(plan, sid)
+        pending = [sid for sid in new if states[sid] != store.DONE]
+        own = ToRun()
+        for sid in pending:
+            own.add(plan, sid)
+            total.add(plan, sid)
+        done += len(new) - len(pending)
         seen.update(plan.stages)
-        pending = sum(1 for sid in new if states[sid] != store.DONE)
         table.add_row(plan.study.name, str(len(plan.arms)), str(len(plan.study.seeds)), str(len(plan.stages)),
-                      str(len(plan.stages) - len(new)), str(len(new) - pending), str(pending),
+                      str(len(plan.stages) - len(new)), str(len(new) - len(pending)), str(len(pending)),
                       "?" if own.unknown else duration(own.trial_seconds))
     console.print(table)
     console.print(f"{len(plans)} studies: {len(seen)} distinct stages ({sum(len(p.stages) for p in plans) - len(seen)} "
