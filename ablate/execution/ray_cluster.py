@@ -83,6 +83,8 @@ def join(address: str) -> str:
     log = Path(tempfile.gettempdir()) / f"ablate-ray-connect-{os.getpid()}.log"
     try:
         with stderr_to(log):
+            if address not in ("auto", "local") and "://" not in address:
+                _knock(address)
             ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
     except Exception as e:  # noqa: BLE001 - ConnectionError, RuntimeError, AuthenticationError, ...
         said = log.read_text(errors="replace") if log.is_file() else ""
@@ -99,6 +101,17 @@ def join(address: str) -> str:
                         f"Ray's own log of the attempt: {log}") from None
     log.unlink(missing_ok=True)
     return describe(address, token)
+
+
+def _knock(address: str) -> None:
+    """One connection to the cluster's GCS before `ray.init`, which retries a refused one about
+    20 times a second apart: a cluster that wants a token this client lacks (AuthenticationError)
+    or no GCS there (RpcError) is then told in under a second, or in the probe's 10 s timeout."""
+    try:
+        from ray._raylet import InnerGcsClient
+    except ImportError:  # another Ray: ray.init says it, only more slowly
+        return
+    InnerGcsClient.standalone(address, None, 10_000)
 
 
 _ASK_MODE = """
