@@ -200,6 +200,13 @@ def run(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT
                                                             "or a sqlite file in the study folder; keep sqlite on "
                                                             "the driver's local disk, never on a network mount.",
                                                             show_default=False)] = None,
+        storage: Annotated[Optional[str], typer.Option("--storage", help="Keep the stage store at this URI as "
+                                                       "well, for a cluster whose nodes share no mount with the "
+                                                       "driver: a path or s3://bucket/prefix (any pyarrow "
+                                                       "filesystem). Trials work in a copy on their node and copy "
+                                                       "it up as they go; --out keeps the records, tables, report "
+                                                       "and MLflow. One driver at a time per URI.",
+                                                       show_default=False)] = None,
         ) -> None:
     """Run a study (or resume it: finished stages are skipped), tracked in MLflow, then draw its report."""
     from ablate.execution.runner import run_study
@@ -215,13 +222,17 @@ def run(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT
         preflight.check_output(out, p.study.name)
         if address is None:  # on a cluster the trials read the data on their nodes
             preflight.check_data(p)
+        stored = None if storage is None else preflight.check_storage(storage, p)
+    if stored is not None:
+        stored.pull_records(out, p.stages)  # what earlier runs, from any machine, left there
     _settle_stale(p, out, rerun_stale, keep_stale)
     console = _console()
     for line in preflight.summary(p, out, data_checked=address is None):
         console.print(line)
     try:
-        outcome = run_study(p, out, backend=make_backend(backend, address, max_concurrent, console.print),
-                            rerun_failed=rerun_failed, console=console, tracking_uri=tracking_uri)
+        outcome = run_study(p, out, backend=make_backend(backend, address, max_concurrent, console.print,
+                                                         storage=stored),
+                            rerun_failed=rerun_failed, console=console, tracking_uri=tracking_uri, storage=stored)
     except CannotRun as e:
         typer.echo(f"cannot run {p.study.name}: {e}", err=True)
         raise typer.Exit(e.exit_code) from None
@@ -253,14 +264,15 @@ def _settle_stale(p: Plan, out: Path, rerun: bool, keep: bool) -> None:
         store.set_aside(out, sid)
 
 
-def make_backend(name: BackendName, address: str | None, max_concurrent: int | None, say, launch=None):
+def make_backend(name: BackendName, address: str | None, max_concurrent: int | None, say, launch=None,
+                 storage=None):
     """The backend `ablate run` runs a study on; `launch` runs each stage's engine (ablate/execution/stages.py:
     a program embedding the CLI may wrap it, e.g. to profile; the tests inject faults so)."""
     if name is BackendName.serial:
         from ablate.execution.serial_backend import SerialBackend
-        return SerialBackend(launch)
+        return SerialBackend(launch, storage=storage)
     from ablate.execution.ray_backend import RayBackend
-    return RayBackend(address, max_concurrent, say=say, launch=launch)
+    return RayBackend(address, max_concurrent, say=say, launch=launch, storage=storage)
 
 
 @app.command()

@@ -7,6 +7,7 @@ own Ray temp folder, so the stale file and the token are the test's alone; the h
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -218,11 +219,14 @@ def two_nodes(monkeypatch):
     cluster.shutdown()
 
 
-def test_a_cluster_whose_nodes_do_not_see_the_output_root_is_refused_before_anything_runs(project, two_nodes):
+def test_a_cluster_whose_nodes_do_not_see_the_output_root_is_refused_or_runs_through_a_storage_uri(project,
+                                                                                                   two_nodes):
     """The driver writes a probe under --out and a task on each node must read it there. A driver
     whose --out is a tmpfs of its own mount namespace (a local disk the nodes do not have) is
-    refused in one line naming a node; on storage both nodes see, the study runs across them, also
-    for a user who has a Ray token while this cluster runs without token authentication."""
+    refused in one line naming a node. Given `--storage` (a folder every node sees), the same
+    driver runs the study across both nodes: the trials work in their node's mirror and copy the
+    stage store there; the driver reads every result from it. Also for a user who has a Ray token
+    while this cluster runs without token authentication."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     out = project / "out"
     out.mkdir()
@@ -235,7 +239,8 @@ def test_a_cluster_whose_nodes_do_not_see_the_output_root_is_refused_before_anyt
     lines = refused.stderr.strip().splitlines()
     assert refused.returncode == 2 and len(lines) == 1, refused.stdout + refused.stderr
     assert lines[0].startswith("cannot run tiny: node ") and "does not see the output root" in lines[0], lines
-    assert "at the same paths as the driver" in lines[0] and "Traceback" not in refused.stdout
+    assert "at the same paths as the driver" in lines[0] and "--storage" in lines[0]
+    assert "Traceback" not in refused.stdout
 
     # The user has a Ray token (~/.ray/auth_token) but this cluster runs without token authentication:
     # a client in token mode would see every trial die before it starts, so it joins without.
@@ -243,17 +248,23 @@ def test_a_cluster_whose_nodes_do_not_see_the_output_root_is_refused_before_anyt
     subprocess.run([str(VENV_BIN / "ray"), "get-auth-token", "--generate"], env=clean_env(user), check=True,
                    capture_output=True)
     assert (user / ".ray" / "auth_token").is_file()
-    shared = ablate(project, "run", "tiny.yaml", "--profile", "tiny", "--out", "out", "--address", two_nodes,
-                    env=clean_env(user))
-    assert shared.returncode == 0, shared.stdout + shared.stderr
-    assert "storage checked on 2 nodes" in shared.stdout and "token from" not in shared.stdout
-    assert (results(out)["lin_top1"] > 0).all()
-    assert not list(out.glob(".storage-probe-*"))
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{out / 'tiny' / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.role = 'stage'")
-    assert len({r.data.tags["node.ray_node_id"] for r in runs}) == 2  # the stages ran on both nodes
+    shared = project / "shared-store"
+    stored = (f"mount -t tmpfs tmpfs {out} && {VENV_BIN / 'ablate'} run tiny.yaml --profile tiny --out {out} "
+              f"--address {two_nodes} --storage {shared} && cat {out}/tiny/results.csv")
+    ran = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", stored], cwd=project,
+                         env=clean_env(user), capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert f"storage checked on 2 nodes: the storage {shared}" in ran.stdout and "token from" not in ran.stdout
+    assert "Traceback" not in ran.stdout + ran.stderr and "4/4 stages done" in ran.stdout
+    table = pd.read_csv(io.StringIO(ran.stdout[ran.stdout.index("study,arm,"):])).set_index("arm")
+    assert (table["lin_top1"] > 0).all() and (table["status"] == "done").all()
+    assert not any(out.iterdir())  # the driver's --out was its own tmpfs: nothing reached this folder
+    ran_on = set()
+    for folder in (shared / "stages").iterdir():  # the store at the URI: every stage done, on both nodes
+        assert (folder / "result.json").is_file()
+        ran_on |= {a["ray_node_id"] for a in json.loads((folder / "stage.json").read_text())["attempts"]}
+    assert len(list((shared / "stages").iterdir())) == 4 and len(ran_on) == 2
+    assert not list(shared.glob(".storage-probe-*"))
 
 
 def test_a_node_lost_mid_stage_costs_only_its_work_the_stage_resumes_on_another(project, monkeypatch):

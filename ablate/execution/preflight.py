@@ -51,6 +51,24 @@ def _check_writable(out: Path, folder: Path) -> None:
                                       f"space or give --out a folder on another disk")
 
 
+def check_storage(uri: str, plan: Plan):
+    """--storage: a URI this machine can write and read, and no data-parallel stage (its ranks write
+    on their own nodes); StudyError (one line) otherwise. Returns the opened Storage."""
+    from ablate.execution.storage import Storage, StorageError
+
+    parallel = sorted({s.workers for s in plan.stages.values() if s.workers > 1})
+    if parallel:
+        raise StudyError(plan.study.source, "resources.workers", f"{parallel[0]} workers a stage: with --storage, "
+                         f"stages run on one worker each (the ranks of a data-parallel stage write on their own "
+                         f"nodes); run them without --storage, with --out on a mount every node shares")
+    storage = Storage(uri)
+    try:
+        storage.check()
+    except StorageError as e:
+        raise StudyError(None, "", f"{e}; check the URI and this machine's credentials for it") from None
+    return storage
+
+
 def data_sources(stages: Iterable[Stage]) -> list[tuple[str, str | None]]:
     """The distinct (dataset, data.root) of these stages, in their order."""
     seen: dict[tuple[str, str | None], None] = {}

@@ -37,6 +37,7 @@ from ablate.execution import lease, ray_cluster, store
 from ablate.execution.events import MAX_FAILURES, Interrupted, Listeners, numeric
 from ablate.execution.order import WaveOrder
 from ablate.execution.stages import Launch
+from ablate.execution.storage import Storage
 from ablate.planning.plan import Stage
 from ablate.spec.study import Resources
 
@@ -61,11 +62,13 @@ class TrialContext:
     threads: int
     launch: Launch | None = None  # how a single-worker stage's engine runs (RayBackend's `launch`)
     resources: Resources = Resources()  # per worker of a data-parallel stage
+    storage: str | None = None  # the stage store's URI (--storage): trials work in their node's mirror of it
 
 
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     """The Tune trainable: run one stage, reporting each epoch and then its outcome."""
-    from ablate.execution.stages import StageFailed, run_stage
+    from ablate.execution.stages import StageFailed, run_stage, run_stage_stored
+    from ablate.execution.storage import Storage
 
     stage = context.stages[config["stage_id"]]
 
@@ -74,7 +77,10 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
 
     try:
         launch = _data_parallel(stage, context.resources) if stage.workers > 1 else context.launch
-        result = run_stage(stage, Path(context.out_root), report, threads=context.threads, launch=launch)
+        if context.storage is not None:
+            result = run_stage_stored(stage, Storage(context.storage), report, threads=context.threads, launch=launch)
+        else:
+            result = run_stage(stage, Path(context.out_root), report, threads=context.threads, launch=launch)
     except StageFailed as e:  # deterministic: report it and end the trial normally (no retry)
         tune.report({PHASE: "failed", STAGE: stage.id, "error": str(e)[:2000]})
         return
@@ -188,20 +194,29 @@ class StageEvents(tune.Callback):
     """Driver side: Tune trial events -> stage events (tracking, live view), and the failure
     record of a stage whose worker died on every attempt."""
 
-    def __init__(self, listeners: Listeners, out_root: Path) -> None:
-        self.listeners, self.out_root = listeners, Path(out_root)
+    def __init__(self, listeners: Listeners, out_root: Path, storage: Storage | None = None) -> None:
+        self.listeners, self.out_root, self.storage = listeners, Path(out_root), storage
         self.ended: set[str] = set()
         self.storage_errors: list[OSError] = []  # trials stopped by a full or read-only disk
 
     def __getstate__(self) -> dict:
         # Tune pickles its callbacks into the experiment state; the listeners (database client,
         # live view) stay in this process, the only one that calls them.
-        return {"out_root": self.out_root, "ended": set(), "listeners": None, "storage_errors": []}
+        return {"out_root": self.out_root, "ended": set(), "listeners": None, "storage_errors": [], "storage": None}
+
+    def _pull(self, sid: str) -> None:
+        """With --storage: the stage's records from the URI into --out, before anything reads them."""
+        if self.storage is not None:
+            try:
+                self.storage.pull(self.out_root, sid)
+            except OSError:  # the URI did not answer this time; the next event, or the wave's end, copies it
+                pass
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self.listeners.stage_started(trial.config["stage_id"])
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self._pull(trial.config["stage_id"])
         if result.get(PHASE) == "epoch":
             self.listeners.stage_epoch(trial.config["stage_id"], metrics_of(result))
 
@@ -213,6 +228,7 @@ class StageEvents(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         sid = trial.config["stage_id"]
+        self._pull(sid)
         folder = store.stage_dir(self.out_root, sid)
         full = _storage_error(trial)
         if full is None and store.state(self.out_root, sid) != store.DONE:
@@ -273,8 +289,10 @@ class RayBackend:
     it is); it travels to the workers, so it must pickle."""
 
     def __init__(self, address: str | None = None, max_concurrent: int | None = None,
-                 say: Callable[[str], None] | None = None, launch: Launch | None = None):
+                 say: Callable[[str], None] | None = None, launch: Launch | None = None,
+                 storage: Storage | None = None):
         self.address, self.max_concurrent, self.say, self.launch = address, max_concurrent, say, launch
+        self.storage = storage
         self._started = False
 
     def __enter__(self) -> RayBackend:
@@ -310,10 +328,12 @@ class RayBackend:
             check_cluster(stages, resources)
             if self.address:
                 from ablate.execution.preflight import data_sources
-                nodes = ray_cluster.check_shared_storage(out_root, data_sources(stages))
+                nodes = ray_cluster.check_shared_storage(out_root, data_sources(stages), storage=self.storage)
+                where = (f"the storage {self.storage.uri}" if self.storage is not None else
+                         f"the output root {Path(out_root).resolve()}")
                 if self.say is not None:
-                    self.say(f"storage checked on {nodes} node{'s' * (nodes > 1)}: the output root "
-                             f"{Path(out_root).resolve()} and the data are seen where the driver sees them")
+                    self.say(f"storage checked on {nodes} node{'s' * (nodes > 1)}: {where} and the data are seen "
+                             f"where the driver sees them")
 
     def run_wave(self, wave: int, stages: Sequence[Stage], all_stages: Mapping[str, Stage], *, out_root: Path,
                  resources: Resources, listeners: Listeners) -> None:
@@ -337,10 +357,11 @@ class RayBackend:
         logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
         listeners.wave_started(wave, [s.id for s in stages])
         context = TrialContext(str(Path(out_root).resolve()), dict(all_stages), threads=max(1, int(resources.cpu)),
-                               launch=self.launch, resources=resources)
+                               launch=self.launch, resources=resources,
+                               storage=None if self.storage is None else self.storage.uri)
         trainable = tune.with_resources(tune.with_parameters(run_trial, context=context),
                                         TrialResources(stages, resources))
-        events = StageEvents(listeners, Path(out_root))
+        events = StageEvents(listeners, Path(out_root), self.storage)
         at_once = concurrent_trials(stages, resources, self.max_concurrent)
         order = StageOrder(stages, Path(out_root), listeners)
         name = f"wave{wave}-{time.strftime('%Y%m%d-%H%M%S')}"

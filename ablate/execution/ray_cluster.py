@@ -180,19 +180,30 @@ def start_local(num_cpus: int) -> None:
 STORAGE_TIMEOUT_S = 120.0  # a node that cannot answer in this time (a hung NFS mount) is named too
 
 
-def _look(probe: str, token: str, data: list[tuple[str, str | None]]) -> tuple[str, list[str]]:
-    """On one node: its host name and what it cannot see (the driver's probe file, a data source)."""
+def _look(probe: str, token: str, data: list[tuple[str, str | None]], storage: str | None = None
+          ) -> tuple[str, list[str]]:
+    """On one node: its host name and what it cannot see (the driver's probe file under the output
+    root, or at the storage URI; a data source)."""
     import socket
 
     from core.data_files import missing_data
 
     problems = []
-    try:
-        if Path(probe).read_text() != token:
-            problems.append(f"the output root {Path(probe).parent} is another folder there (a probe file differs)")
-    except OSError as e:
-        problems.append(f"it does not see the output root {Path(probe).parent} ({type(e).__name__}: "
-                        f"{e.strerror or e})")
+    if storage is not None:
+        from ablate.execution.storage import Storage
+
+        try:
+            if Storage(storage).read_probe(probe) != token:
+                problems.append(f"the storage {storage} is another place there (a probe file differs)")
+        except Exception as e:  # noqa: BLE001 - OSError, StorageError: no route, no credentials, no bucket
+            problems.append(f"it cannot read the storage {storage} ({type(e).__name__}: {str(e).strip()[:200]})")
+    else:
+        try:
+            if Path(probe).read_text() != token:
+                problems.append(f"the output root {Path(probe).parent} is another folder there (a probe file differs)")
+        except OSError as e:
+            problems.append(f"it does not see the output root {Path(probe).parent} ({type(e).__name__}: "
+                            f"{e.strerror or e})")
     for dataset, root in data:
         problem = missing_data(dataset, root)
         if problem is not None:
@@ -201,11 +212,12 @@ def _look(probe: str, token: str, data: list[tuple[str, str | None]]) -> tuple[s
 
 
 def check_shared_storage(out_root: Path, data: list[tuple[str, str | None]],
-                         timeout_s: float = STORAGE_TIMEOUT_S) -> int:
+                         timeout_s: float = STORAGE_TIMEOUT_S, storage=None) -> int:
     """Before anything runs on a joined cluster: a zero-CPU task pinned to each alive node reads a
-    probe file the driver wrote under `out_root` and looks for every (dataset, root). Raises
-    StorageNotShared naming the first node that does not see them; returns the number of nodes checked.
-    A stage run on such a node would write its results on that node's own disk and be lost."""
+    probe file the driver wrote under `out_root` (or at the `storage` URI, ablate/execution/storage.py)
+    and looks for every (dataset, root). Raises StorageNotShared naming the first node that does not
+    see them; returns the number of nodes checked. A stage run on such a node would write its
+    results on that node's own disk and be lost."""
     import uuid
 
     import ray
@@ -214,26 +226,34 @@ def check_shared_storage(out_root: Path, data: list[tuple[str, str | None]],
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     out_root = Path(out_root).resolve()
     created = [p for p in (out_root, *out_root.parents) if not p.exists()]
-    out_root.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex
-    probe = out_root / f".storage-probe-{token}"
-    probe.write_text(token)
+    if storage is not None:
+        probe, created = storage.write_probe(token), []
+    else:
+        out_root.mkdir(parents=True, exist_ok=True)
+        probe = out_root / f".storage-probe-{token}"
+        probe.write_text(token)
     look = ray.remote(num_cpus=0, max_retries=0)(_look)
+    fix = ("every node must reach the storage URI (its network, credentials and bucket)" if storage is not None else
+           "every node must mount the output root (--out) and the data at the same paths as the driver (NFS or "
+           "another shared filesystem), or give --storage a URI every node reaches")
     try:
         refs = {look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-                .remote(str(probe), token, data): n for n in nodes}
+                .remote(str(probe), token, data, None if storage is None else storage.uri): n for n in nodes}
         ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
         for ref, node in refs.items():
             where = f"node {node.get('NodeManagerAddress', '?')} ({node['NodeID'][:12]})"
             if ref not in ready:
                 raise StorageNotShared(f"{where} did not answer a storage check within {timeout_s:.0f} s (a hung mount?); "
-                                f"fix or remove the node, then run the same command again")
+                                       f"fix or remove the node, then run the same command again")
             host, problems = ray.get(ref)
             if problems:
-                raise StorageNotShared(f"{where}, host {host}: {problems[0]}; every node must mount the output root (--out) "
-                                f"and the data at the same paths as the driver (NFS or another shared filesystem)")
+                raise StorageNotShared(f"{where}, host {host}: {problems[0]}; {fix}")
     finally:
-        probe.unlink(missing_ok=True)
+        if storage is not None:
+            storage.delete(str(probe))
+        else:
+            probe.unlink(missing_ok=True)
         for folder in created:  # a refused run leaves nothing under --out
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()

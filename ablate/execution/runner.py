@@ -15,6 +15,7 @@ from rich.console import Console
 from ablate.errors import CannotRun
 from ablate.execution import store
 from ablate.execution.events import Backend, Interrupted, Listeners
+from ablate.execution.storage import Storage
 from ablate.planning.plan import Plan, Stage
 from ablate.presentation import results
 from ablate.presentation.progress import LiveView
@@ -52,17 +53,20 @@ def current_states(plan: Plan, out_root: Path) -> dict[str, str]:
 
 
 def run_study(plan: Plan, out_root: Path, *, backend: Backend, rerun_failed: bool = False,
-              console: Console | None = None, tracking_uri: str | None = None) -> Outcome:
+              console: Console | None = None, tracking_uri: str | None = None, storage: Storage | None = None
+              ) -> Outcome:
     """Run the plan's runnable stages wave by wave, then write tables and the report.
 
     A full or read-only disk (store.STORAGE_ERRNOS) stops the study with CannotRun, one line:
     every file is written atomically, so finished stages are kept, the others stay pending with
     their last good checkpoint, and the same command resumes once there is space. `tracking_uri`
     (an MLflow server or database) replaces the study's own (a sqlite file in its folder by default).
+    `storage` (--storage, a URI the backend's trials write the stage store to): its stages' records
+    are copied into `out_root` when the run starts and after each wave; the backend must be given it too.
     """
     try:
         return _run_study(plan, Path(out_root), backend=backend, rerun_failed=rerun_failed,
-                          console=console or Console(), tracking_uri=tracking_uri)
+                          console=console or Console(), tracking_uri=tracking_uri, storage=storage)
     except CannotRun:
         raise
     except Exception as e:
@@ -79,8 +83,10 @@ def storage_message(error: OSError, out_root: Path) -> str:
 
 
 def _run_study(plan: Plan, out_root: Path, *, backend: Backend, rerun_failed: bool,
-               console: Console, tracking_uri: str | None) -> Outcome:
+               console: Console, tracking_uri: str | None, storage: Storage | None) -> Outcome:
     study_dir = store.study_dir(out_root, plan.study.name)
+    if storage is not None:  # what earlier runs, from any machine, left at the URI
+        storage.pull_records(out_root, plan.stages)
     states = current_states(plan, out_root)
     # a trial the cluster can never place is refused before the study folder or its MLflow run exist
     backend.admit(runnable(plan, states), plan.resources, out_root)
@@ -114,6 +120,8 @@ def _run_study(plan: Plan, out_root: Path, *, backend: Backend, rerun_failed: bo
                 backend.run_wave(wave, todo, dict(plan.stages), out_root=out_root, resources=plan.resources,
                                  listeners=listeners)
                 outcome.ran += [s.id for s in todo]
+                if storage is not None:
+                    storage.pull_records(out_root, [s.id for s in todo])
                 try:
                     store.check_writable(store.stages_root(out_root), study_dir)
                 except OSError as e:  # a full disk fails every stage alike, also one whose worker died without a word

@@ -15,7 +15,8 @@ from ablate.errors import CannotRun
 from ablate.execution import store
 from ablate.execution.events import MAX_FAILURES, Interrupted, Listeners, numeric
 from ablate.execution.order import WaveOrder
-from ablate.execution.stages import Launch, StageFailed, run_stage
+from ablate.execution.stages import Launch, StageFailed, run_stage, run_stage_stored
+from ablate.execution.storage import Storage
 from ablate.planning.plan import Stage
 from ablate.spec.study import Resources
 
@@ -29,8 +30,8 @@ class SerialBackend:
     """`launch` runs each stage's engine (ablate/execution/stages.py; default: as it is), for a profiler or
     the tests' fault injection (tests/faults.py)."""
 
-    def __init__(self, launch: Launch | None = None) -> None:
-        self.launch = launch
+    def __init__(self, launch: Launch | None = None, storage: Storage | None = None) -> None:
+        self.launch, self.storage = launch, storage
 
     def __enter__(self) -> SerialBackend:
         return self
@@ -63,8 +64,7 @@ class SerialBackend:
         for attempt in range(MAX_FAILURES + 1):
             listeners.stage_started(stage.id)
             try:
-                run_stage(stage, out_root, lambda row: listeners.stage_epoch(stage.id, numeric(row)),
-                          threads=max(1, int(resources.cpu)), launch=self.launch)
+                self._stage(stage, out_root, listeners, threads=max(1, int(resources.cpu)))
             except StageFailed:  # deterministic: its error.txt is written, no retry
                 break
             except KeyboardInterrupt:
@@ -81,6 +81,22 @@ class SerialBackend:
                 listeners.stage_retrying(stage.id, error)
                 continue
             break
+        if self.storage is not None:
+            self.storage.pull(out_root, stage.id)
         state = store.state(out_root, stage.id)
         listeners.stage_ended(stage.id, state, store.error_line(out_root, stage.id) or None)
         return state == store.DONE
+
+    def _stage(self, stage: Stage, out_root: Path, listeners: Listeners, threads: int) -> None:
+        """Run the stage in `out_root`, or with --storage in this machine's mirror of the storage URI
+        (its records copied into `out_root` before each epoch's event, as the Ray backend does)."""
+        if self.storage is None:
+            run_stage(stage, out_root, lambda row: listeners.stage_epoch(stage.id, numeric(row)), threads=threads,
+                      launch=self.launch)
+            return
+
+        def report(row: dict) -> None:
+            self.storage.pull(out_root, stage.id)
+            listeners.stage_epoch(stage.id, numeric(row))
+
+        run_stage_stored(stage, self.storage, report, threads=threads, launch=self.launch)

@@ -25,6 +25,7 @@ from core.errors import Deterministic
 from ablate.execution import node, store
 from ablate.execution.lease import Lease
 from ablate.execution.stage_warnings import recording as recording_warnings
+from ablate.execution.storage import Storage, mirror_root
 from ablate.planning.plan import Stage
 from ablate.presentation import pictures
 
@@ -137,6 +138,30 @@ def run_stage(stage: Stage, out_root: Path, report: Report | None = None, *, thr
         if done is not None:  # finished meanwhile by another run sharing the store
             return done
         return _run_locked(stage, out_root, folder, report, threads, launch or in_process)
+
+
+def run_stage_stored(stage: Stage, storage: Storage, report: Report | None = None, *, threads: int | None = None,
+                     launch: Launch | None = None) -> dict[str, Any]:
+    """`run_stage` in this node's mirror of the stage store at a storage URI (--storage,
+    ablate/execution/storage.py): the stage's folder (to resume) and its parent's encoder come
+    down first; what changed goes up after every epoch, and when the stage ends (result.json last)."""
+    if stage.workers > 1:
+        raise ValueError(f"{stage.id}: a data-parallel stage's ranks write on their own nodes; --storage runs "
+                         f"single-worker stages only")
+    local = mirror_root(storage.uri)
+    storage.pull(local, stage.id, "resume")
+    if stage.parent is not None:
+        storage.pull(local, stage.parent, "encoder")
+
+    def pushed(row: dict) -> None:
+        storage.push(local, stage.id)
+        if report is not None:
+            report(row)
+
+    try:
+        return run_stage(stage, local, pushed, threads=threads, launch=launch)
+    finally:
+        storage.push(local, stage.id)
 
 
 def _run_locked(stage: Stage, out_root: Path, folder: Path, report: Report | None, threads: int | None,
