@@ -1,6 +1,7 @@
 """Every benchmark in one command; regenerates BENCHMARKS.md from their tables.
 
-    .venv/bin/python benchmarks/run_all.py            # small configs, ViT-B/16, ViT-L Table 2, data, study, recipes (+ GPU)
+    .venv/bin/python benchmarks/run_all.py            # small configs, ViT-B/16, ViT-L Table 2, data, study, recipes,
+                                                      # two drivers (+ GPU)
     .venv/bin/python benchmarks/run_all.py --quick    # skips ViT-B/16, the study run and the recipe checks
     .venv/bin/python benchmarks/run_all.py --join     # runs nothing: joins the tables already in results/
 
@@ -54,6 +55,7 @@ def main() -> None:
             ("study", ["bench_study.py"] + (["--study", ""] if args.quick else []))]
     if not args.quick:  # about 11 minutes: the shipped studies' conclusions on real data
         runs.append(("recipes", ["bench_recipes.py"]))
+        runs.append(("drivers", ["bench_drivers.py"]))  # about 10 minutes: two drivers of the quickstart
     if args.join or has_cuda():  # per-GPU speed for the GPU profiles' costs, and the engines on CUDA
         runs.append(("gpu", ["bench_gpu.py"]))
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}  # spinning OpenMP threads distort small-op timings
