@@ -212,6 +212,10 @@ def run(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT
     from ablate.execution.runner import run_study
     from ablate.presentation.views import outcome_summary
 
+    if storage is not None and rerun_stale:  # the stale stages' folders at the URI would be read back as done
+        typer.echo("--rerun-stale: not with --storage (an object store cannot set a folder aside); move the stale "
+                   "stages' folders at the URI aside, or run them without --storage", err=True)
+        raise typer.Exit(EXIT_BAD_INPUT)
     if backend is BackendName.serial and (address or max_concurrent):
         option = "--address" if address else "--max-concurrent"
         typer.echo(f"{option}: only for --backend ray (the serial backend runs one stage at a time, here)", err=True)

@@ -73,6 +73,8 @@ def check_channels(dataset: str, in_chans: int, channels: int | None = None) -> 
     if expected is not None and in_chans != expected:
         raise ConfigError(f"dataset {dataset!r} has {expected} channel(s) but model.in_chans is {in_chans}")
 Target = Literal["pixel", "norm_pixel", "pca", "token"]
+# model fields read only for one target: left at their defaults (so out of a stage's identity) for the others
+IRRELEVANT_UNLESS = {"pca_components": "pca", "codebook_size": "token", "codebook_path": "token"}
 
 
 class ModelConfig(Frozen):
@@ -107,7 +109,15 @@ class ModelConfig(Frozen):
         variant = data.get("variant", "vit_fmnist")
         if variant not in MODEL_VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; valid: {sorted(MODEL_VARIANTS)}")
-        return {**MODEL_VARIANTS[variant], **data, "variant": variant}
+        merged = {**MODEL_VARIANTS[variant], **data, "variant": variant}
+        # Knobs of a target the arm does not use are set back to their defaults: they change nothing
+        # it computes, so they must not split its stage from the same arm of another study (a
+        # study of targets sets pca_components for every arm, also the pixel one).
+        target = merged.get("target", "pixel")
+        for key, used_by in IRRELEVANT_UNLESS.items():
+            if target != used_by:
+                merged.pop(key, None)
+        return merged
 
     @model_validator(mode="after")
     def _check_shapes(self) -> ModelConfig:

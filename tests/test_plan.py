@@ -94,6 +94,22 @@ def test_eval_fields_do_not_change_the_pretrain_id_and_shared_pretrain_runs_once
     assert len(p.stages) == 5
 
 
+def test_knobs_of_a_target_an_arm_does_not_use_do_not_split_its_stages():
+    """Table 1d's study sets pca_components and codebook_size for every arm: its pixel arm shares
+    the stages of the same pixel arm elsewhere, while the arms that use them keep their values."""
+    p = make(axes={"model.target": ["pixel", "pca", "token"]}, base={"model": {"pca_components": 12,
+                                                                             "codebook_size": 256}})
+    plain = make(base={"model": {"target": "pixel"}})
+    models = {run.arm: p.stages[run.stages["pretrain"]].config["model"] for run in p.runs}
+    assert models["target=pixel"] == plain.stages[plain.runs[0].stages["pretrain"]].config["model"]
+    assert (models["target=pca"]["pca_components"], models["target=pca"]["codebook_size"]) == (12, 512)
+    assert (models["target=token"]["pca_components"], models["target=token"]["codebook_size"]) == (96, 256)
+    pixel = next(run for run in p.runs if run.arm == "target=pixel")
+    assert pixel.stages["pretrain"] == plain.runs[0].stages["pretrain"]
+    with pytest.raises(ValueError, match="codebook_size"):  # still checked where it is used
+        ModelConfig(variant="vit_test", target="token", codebook_size=1)
+
+
 def test_pretrain_change_changes_every_dependant():
     a = make(base={"pretrain": {"epochs": 1}})
     b = make(base={"pretrain": {"epochs": 2}})

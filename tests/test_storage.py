@@ -154,3 +154,7 @@ def test_a_storage_uri_that_cannot_be_used_is_one_line_and_nothing_is_written(tm
         assert result.exit_code == 2 and says in lines[-1], result.output
         assert "Traceback" not in result.output and "check the URI" in lines[-1]
         assert not (tmp_path / "out").exists()
+    result = CliRunner().invoke(app, ["run", str(study), "--profile", "tiny", "--out", str(tmp_path / "out"),
+                                      "--storage", str(tmp_path / "store"), "--rerun-stale"])
+    assert result.exit_code == 2 and result.output.strip().startswith("--rerun-stale: not with --storage")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "store").exists()
