@@ -1,7 +1,8 @@
 """The shipped studies, end to end, as a user runs them.
 
-The quickstart on real Fashion-MNIST: `ablate run` in a subprocess (its own Ray, as from a shell),
-on the laptop profile cut to a smoke size (SMOKE: an eighth of its images, half its pre-training,
+The quickstart on real Fashion-MNIST: `ablate run` on the test run's local Ray (`ablate run` from
+a shell, a subprocess with its own Ray, is tests/test_cluster.py's), on the laptop profile cut to a
+smoke size (SMOKE: an eighth of its images, half its pre-training,
 a tenth of its fine-tune steps; 46 s instead of 4.5 minutes here); every stage done, learning really
 happened, the figures and the report written, MLflow holding one parent and one child run per
 stage, all FINISHED. The laptop profile's own numbers (the README's) are benchmarks/bench_recipes.py's
@@ -17,9 +18,6 @@ benchmarks/bench_recipes.py's job: 11 minutes of compute, too much for this suit
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -63,14 +61,17 @@ throughput: {vit_fmnist: 650}
 
 
 def ablate_run(study: str, out: Path, *extra: str) -> str:
-    """`ablate run` at one seed: the shipped studies default to 3 (the quickstart to 1); seeds are
-    tested on planted results and by the runner's --seeds test, so one keeps the suite short."""
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    done = subprocess.run([sys.executable, "-m", "ablate.cli", "run", str(ROOT / "studies" / study), "--out", str(out),
-                           "--seeds", "1", *extra], capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "Traceback" not in done.stdout + done.stderr
-    return done.stdout
+    """`ablate run` at one seed, in this process on the test run's Ray (a subprocess with its own
+    Ray, as from a shell, is tests/test_cluster.py's): the shipped studies default to 3 seeds (the
+    quickstart to 1); seeds are tested on planted results and by the runner's --seeds test."""
+    from typer.testing import CliRunner
+
+    from ablate.cli import app
+
+    done = CliRunner().invoke(app, ["run", str(ROOT / "studies" / study), "--out", str(out), "--seeds", "1", *extra])
+    assert done.exit_code == 0, done.output[-3000:]
+    assert "Traceback" not in done.output
+    return done.output
 
 
 def stage_ids(study: str, profile: str = "laptop") -> list[str]:
@@ -98,7 +99,7 @@ def check_report(out: Path, name: str, figures: list[str], least_bytes: int = 10
         assert (report / "figures" / f"{figure}.png").stat().st_size > least_bytes, figure
 
 
-def test_quickstart(out):
+def test_quickstart(out, ray_session):
     smoke = out.parent / "smoke.yaml"
     smoke.write_text(SMOKE)
     text = ablate_run("quickstart.yaml", out, "--profile", str(smoke))

@@ -37,7 +37,7 @@ PROFILE = profile_text("contract-test", throughput=True)  # the runner tests' pr
 # take one optimizer step of 32 images an epoch (2 workers x 16, or 1 worker x 16 x accum 2).
 TWO_WORKERS = """\
 name: {name}
-evaluations: [linear_probe, finetune]
+evaluations: [finetune]  # probing is single-worker (test_pretraining_and_finetuning_are_data_parallel_and_probing_is_not)
 resources: {{workers: 2, cpu: 1}}
 figures: [loss_curves]
 """
@@ -46,7 +46,7 @@ name: {name}
 base:
   pretrain: {{accum_iter: 2}}
   finetune: {{accum_iter: 2}}
-evaluations: [linear_probe, finetune]
+evaluations: [finetune]  # probing is single-worker (test_pretraining_and_finetuning_are_data_parallel_and_probing_is_not)
 resources: {{workers: 1, cpu: 1}}
 figures: []
 """
@@ -124,7 +124,7 @@ def test_cost_counts_the_workers():
 def test_plan_shows_each_trials_resources(tmp_path, monkeypatch):
     (tmp_path / "profiles").mkdir()
     (tmp_path / "profiles" / "tiny.yaml").write_text(PROFILE)
-    (tmp_path / "w.yaml").write_text(TWO_WORKERS.format(name="w"))
+    (tmp_path / "w.yaml").write_text(TWO_WORKERS.format(name="w").replace("[finetune]", "[linear_probe, finetune]"))
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, ["plan", "w.yaml", "--profile", "tiny"])
     assert result.exit_code == 0, result.output
@@ -340,7 +340,7 @@ def test_a_two_worker_study_runs_end_to_end_and_matches_one_worker_with_twice_th
 
     pre2, pre1 = pair("pretrain")
     ft2, ft1 = pair("finetune")
-    assert (pre2.workers, ft2.workers, pair("linear_probe")[0].workers) == (2, 2, 1)
+    assert (pre2.workers, ft2.workers) == (2, 2)
     assert json.loads((store.stage_dir(out, pre2.id) / "stage.json").read_text())["workers"] == 2
     # The loss curves as MLflow holds them: rank 0's per-epoch metrics went through tune.report.
     for (a, b), key in (((pre2, pre1), "pretrain_loss"), ((ft2, ft1), "train_loss")):
