@@ -12,4 +12,7 @@ the user reruns them (--rerun-stale) or keeps them (--keep-stale).
 # epoch's data order and its first batch's augmentation had one seed, and the global RNGs of a
 # fine-tune's epoch were seeded with seed x 100003 + epoch. Linear probing and fine-tuning also
 # crop at the release's evaluation scale (0.08, 1) in version 2, not at pre-training's (0.2, 1).
-NUMERICS_VERSION: dict[str, int] = {"pretrain": 2, "linear_probe": 2, "finetune": 2}
+# Fine-tuning version 3: on image folders, RandAugment and random erasing run in timm's
+# create_transform image by image (as the release), no longer on the batch after collation; data
+# held in memory (Fashion-MNIST, CIFAR, synthetic) computes exactly as in version 2.
+NUMERICS_VERSION: dict[str, int] = {"pretrain": 2, "linear_probe": 2, "finetune": 3}

@@ -273,3 +273,43 @@ def get_pil_transform(name: str, size: int, scale: CropScale = RESIZED_CROP_SCAL
     if name not in PIL_TRANSFORMS:
         raise _unknown(name, PIL_TRANSFORMS)
     return PIL_TRANSFORMS[name](size, scale)
+
+
+class PerImageSteps(NamedTuple):
+    """The fine-tune's random steps after the crop, for a source that transforms image by image
+    (image folders): RandAugment (a timm string, or None) and the random-erasing probability."""
+
+    rand_augment: str | None
+    reprob: float
+
+
+def release_finetune_transform(size: int, scale: CropScale, steps: PerImageSteps, mean: tuple[float, ...],
+                               std: tuple[float, ...]) -> Callable:
+    """The release's fine-tune training transform for images read from disk: timm's
+    `create_transform(is_training=True)` as `util/datasets.py build_transform` calls it (bicubic
+    random-resized crop at `scale`, flip, RandAugment, to tensor, normalise, random erasing in
+    pixel mode, one box), giving normalised float32 (C, size, size)."""
+    from timm.data import create_transform
+
+    transform = create_transform(input_size=size, is_training=True, scale=scale, color_jitter=None,
+                                 auto_augment=steps.rand_augment, interpolation="bicubic", re_prob=steps.reprob,
+                                 re_mode="pixel", re_count=1, mean=mean, std=std)
+    for step in transform.transforms:
+        if hasattr(step, "ops"):  # timm's RandAugment
+            posterize_to_zero_bits(step)
+    return transform
+
+
+def posterize_to_zero_bits(rand_augment) -> None:
+    """Posterize in a timm RandAugment as Pillow < 10 did, which the release ran on: keeping 0 bits
+    gives a black image (Pillow >= 10 refuses 0 bits, which RandAugment's top magnitude asks for)."""
+    for op in rand_augment.ops:
+        if op.name.startswith("Posterize"):
+            op.aug_fn = _posterize_any_bits
+
+
+def _posterize_any_bits(img, bits_to_keep: int, **kwargs):
+    from PIL import Image
+    from timm.data.auto_augment import posterize
+
+    return Image.new(img.mode, img.size, 0) if bits_to_keep <= 0 else posterize(img, bits_to_keep, **kwargs)

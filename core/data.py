@@ -26,6 +26,7 @@ from __future__ import annotations
 import gzip
 import math
 import pickle
+import random
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Callable, Iterator, Literal, NamedTuple
@@ -36,7 +37,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets as tv_datasets
 
-from core.augment import RESIZED_CROP_SCALE, CropScale, get_augmentation, get_pil_transform
+from core.augment import (RESIZED_CROP_SCALE, CropScale, PerImageSteps, get_augmentation, get_pil_transform,
+                          release_finetune_transform)
 from core.config import DataConfig, check_channels
 from core.data_files import CACHE_ROOT, FASHION_MNIST_FILES, FASHION_MNIST_ROOT
 from core.errors import ConfigError, DataError, MissingFile
@@ -125,7 +127,11 @@ def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]
 # ---- the opened dataset -------------------------------------------------------------------------
 
 class DataSource(ABC):
-    """One opened dataset: split sizes, normalisation statistics and per-epoch batches."""
+    """One opened dataset: split sizes, normalisation statistics and per-epoch batches.
+    `per_image`: it transforms image by image (an image folder), so the fine-tune's RandAugment and
+    random erasing run inside its transform, as in the release, instead of on the batch."""
+
+    per_image = False
 
     def __init__(self, name: str, num_classes: int, in_chans: int, img_size: int,
                  mean: tuple[float, ...], std: tuple[float, ...], splits: dict[Split, SplitRows]) -> None:
@@ -147,14 +153,19 @@ class DataSource(ABC):
 
     def batches(self, split: Split, *, batch_size: int, augmentation: str, shuffle: bool, seed: int, epoch: int,
                 device: torch.device, drop_last: bool = True, shard: tuple[int, int] = (0, 1),
-                crop_scale: CropScale = RESIZED_CROP_SCALE) -> Iterator[tuple[Tensor, Tensor]]:
+                crop_scale: CropScale = RESIZED_CROP_SCALE, steps: PerImageSteps | None = None
+                ) -> Iterator[tuple[Tensor, Tensor]]:
         """Yields (images float32 (B, C, img_size, img_size) normalised, labels int64 (B,)) on `device`.
 
         Deterministic in (seed, epoch): the order and every augmentation draw. `shard=(rank, world)`
         yields this rank's micro-batches g = rank, rank + world, ... of the epoch's sequence (see
         the module docstring); the default is the whole sequence. A random-resized crop samples its
         area fraction in `crop_scale` (pre-training's (0.2, 1) unless an evaluation asks for its own).
+        `steps` (a `per_image` source only): the fine-tune's per-image steps after a random-resized
+        crop, through timm's `create_transform` as the release builds it.
         """
+        if steps is not None and not self.per_image:
+            raise ConfigError(f"{self.name} augments whole batches: the fine-tune's RandAugment and erasing run on them")
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         part, rows = self._split(split)
@@ -164,7 +175,7 @@ class DataSource(ABC):
         micro = shard_batches(len(rows), batch_size, drop_last, shard)
         draws = EpochDraws(seed, epoch, split, generator)
         # Returned, not yielded from here: a bad split or augmentation name raises at the call.
-        return self._iterate(part, rows, micro, augmentation, crop_scale, draws, torch.device(device))
+        return self._iterate(part, rows, micro, augmentation, crop_scale, draws, torch.device(device), steps)
 
     def fixed_images(self, split: Split, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
         """The first n images of the split (fewer if the split is smaller), evaluation view, normalised."""
@@ -182,7 +193,8 @@ class DataSource(ABC):
 
     @abstractmethod
     def _iterate(self, part: Part, rows: Tensor, micro: list[tuple[int, slice]], augmentation: str,
-                 crop_scale: CropScale, draws: EpochDraws, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+                 crop_scale: CropScale, draws: EpochDraws, device: torch.device,
+                 steps: PerImageSteps | None = None) -> Iterator[tuple[Tensor, Tensor]]:
         """One batch per (g, s) of `micro`: rows[s] of file `part`, augmented as micro-batch g of the epoch."""
 
     def _split(self, split: Split) -> SplitRows:
@@ -221,7 +233,8 @@ class TensorSource(DataSource):
         self._on_device: dict[torch.device, dict[Part, tuple[Tensor, Tensor]]] = {}
 
     def _iterate(self, part: Part, rows: Tensor, micro: list[tuple[int, slice]], augmentation: str,
-                 crop_scale: CropScale, draws: EpochDraws, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+                 crop_scale: CropScale, draws: EpochDraws, device: torch.device,
+                 steps: PerImageSteps | None = None) -> Iterator[tuple[Tensor, Tensor]]:
         augment = get_augmentation(augmentation, crop_scale)
         images, labels = self._files_on(device)[part]
         rows = rows.to(device)
@@ -248,9 +261,18 @@ class _SeededImages(Dataset):
         index, seed = key
         path, label = self.folder.samples[index]
         image = self.folder.loader(path)
-        with torch.random.fork_rng(devices=[]):  # torchvision transforms draw from the global RNG
-            torch.manual_seed(seed)
-            return self.transform(image), label
+        # torchvision's transforms draw from torch's global RNG, timm's (RandAugment, erasing) from
+        # Python's and numpy's: all three seeded for this image, and restored afterwards
+        python, numpy_state = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                random.seed(seed)
+                np.random.seed(seed % 2**32)
+                return self.transform(image), label
+        finally:
+            random.setstate(python)
+            np.random.set_state(numpy_state)
 
     def __len__(self) -> int:
         return len(self.folder)
@@ -258,6 +280,8 @@ class _SeededImages(Dataset):
 
 class FolderSource(DataSource):
     """ImageNet layout read from disk: torchvision transforms per image, a DataLoader per epoch."""
+
+    per_image = True
 
     def __init__(self, img_size: int, cfg: DataConfig, train: tv_datasets.ImageFolder,
                  test: tv_datasets.ImageFolder) -> None:
@@ -267,8 +291,12 @@ class FolderSource(DataSource):
         self._num_workers = cfg.num_workers
 
     def _iterate(self, part: Part, rows: Tensor, micro: list[tuple[int, slice]], augmentation: str,
-                 crop_scale: CropScale, draws: EpochDraws, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
-        transform = get_pil_transform(augmentation, self.img_size, crop_scale)
+                 crop_scale: CropScale, draws: EpochDraws, device: torch.device,
+                 steps: PerImageSteps | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        if steps is not None and augmentation != "crop_random":
+            raise ConfigError(f"the fine-tune's per-image steps follow a random-resized crop, not {augmentation!r}")
+        transform = (release_finetune_transform(self.img_size, crop_scale, steps, self.mean, self.std)
+                     if steps is not None else get_pil_transform(augmentation, self.img_size, crop_scale))
         # One seed per row of the epoch's order, drawn for all rows: an image's augmentation does
         # not depend on the batch size, the rank or the loader worker that reads it.
         seeds = torch.randint(2**62, (len(rows),), generator=draws.generator)
@@ -278,6 +306,8 @@ class FolderSource(DataSource):
         batch_size = max((s.stop - s.start for _, s in micro), default=1)
         loader = DataLoader(_SeededImages(self._folders[part], transform), batch_size=batch_size, sampler=keys,
                             drop_last=False, num_workers=self._num_workers, pin_memory=device.type == "cuda")
+        if steps is not None:  # timm's transform normalised them (random erasing works on normalised pixels)
+            return ((images.to(device, non_blocking=True), labels.to(device)) for images, labels in loader)
         normalise = self._normaliser(device)
         return ((normalise(images.to(device, non_blocking=True).float().div_(255)), labels.to(device))
                 for images, labels in loader)

@@ -42,13 +42,13 @@ import numpy as np
 import torch
 from PIL import Image
 from timm.data import Mixup
-from timm.data.auto_augment import posterize, rand_augment_transform
+from timm.data.auto_augment import rand_augment_transform
 from timm.data.random_erasing import RandomErasing
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import param_groups_layer_decay
 from torch import Tensor, nn
 
-from core.augment import EVAL_CROP_SCALE
+from core.augment import EVAL_CROP_SCALE, PerImageSteps, posterize_to_zero_bits
 from core.classifier import ClassifierViT, build_classifier, probe_head, topk_correct
 from core.data import DataSource, open_dataset
 from core.device import autocast, choose_attention
@@ -186,7 +186,8 @@ def train_one_epoch(net: ClassifierViT, forward: nn.Module, optimizer: torch.opt
     loss_sum, lr = 0.0, 0.0
     optimizer.zero_grad(set_to_none=True)
     batches = source.batches("train", batch_size=cfg.batch_size, augmentation=cfg.augmentation, shuffle=True,
-                             seed=cfg.seed, epoch=epoch, device=device, shard=dist.shard, crop_scale=EVAL_CROP_SCALE)
+                             seed=cfg.seed, epoch=epoch, device=device, shard=dist.shard, crop_scale=EVAL_CROP_SCALE,
+                             steps=augment.per_image)
     peak_lr = cfg.lr(workers=dist.world_size)
     start = time.perf_counter()
     with EpochProgress(f"fine-tune epoch {epoch + 1}/{cfg.epochs}", steps) as progress:
@@ -236,14 +237,22 @@ def evaluate(forward: nn.Module, net: nn.Module, source: DataSource, split: str,
 class BatchAugment:
     """RandAugment, random erasing, then mixup/cutmix on a normalised batch: (images, labels) -> (images, targets).
 
-    Every draw comes from the global RNGs (python, numpy, torch), which `seed_epoch` seeds.
+    Every draw comes from the global RNGs (python, numpy, torch), which `seed_epoch` seeds. A source
+    that transforms image by image (an image folder, `source.per_image`) runs RandAugment and
+    erasing in its own per-image transform (timm's `create_transform`, as the release does; its
+    draws seeded per image): `per_image` says which, and only mixup/cutmix run here.
     """
 
     def __init__(self, cfg: FinetuneConfig, source: DataSource, device: torch.device) -> None:
-        self.rand_augment = (RandAugmentBatch(cfg.rand_augment, source.mean, source.std, source.img_size)
-                             if cfg.rand_augment else None)
-        self.erasing = (RandomErasing(probability=cfg.reprob, mode="pixel", max_count=1, num_splits=0,
-                                      device=str(device)) if cfg.reprob > 0 else None)
+        self.per_image = None
+        self.rand_augment = self.erasing = None
+        if source.per_image and cfg.augmentation == "crop_random":
+            self.per_image = PerImageSteps(cfg.rand_augment, cfg.reprob)
+        else:
+            self.rand_augment = (RandAugmentBatch(cfg.rand_augment, source.mean, source.std, source.img_size)
+                                 if cfg.rand_augment else None)
+            self.erasing = (RandomErasing(probability=cfg.reprob, mode="pixel", max_count=1, num_splits=0,
+                                          device=str(device)) if cfg.reprob > 0 else None)
         self.mixup = None
         if cfg.mixup > 0 or cfg.cutmix > 0:  # FinetuneConfig checked that the batch size is even
             self.mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=1.0, switch_prob=MIXUP_SWITCH_PROB,
@@ -275,9 +284,7 @@ class RandAugmentBatch:
         hparams = dict(translate_const=int(img_size * 0.45), img_mean=fill if len(fill) == 3 else fill[0],
                        interpolation=Image.Resampling.BICUBIC)  # as timm's create_transform for the release
         self.transform = rand_augment_transform(config, hparams)
-        for op in self.transform.ops:
-            if op.name.startswith("Posterize"):
-                op.aug_fn = _posterize_any_bits
+        posterize_to_zero_bits(self.transform)
         self.mean = torch.tensor(mean).view(1, -1, 1, 1)
         self.std = torch.tensor(std).view(1, -1, 1, 1)
 
@@ -290,11 +297,3 @@ class RandAugmentBatch:
                         for p in pixels])
         out = torch.from_numpy(out.reshape(pixels.shape)).permute(0, 3, 1, 2).float().div_(255)
         return ((out - self.mean) / self.std).to(device)
-
-
-def _posterize_any_bits(img: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
-    """Posterize as Pillow < 10 did: keeping 0 bits gives a black image (Pillow >= 10 refuses 0 bits,
-    which RandAugment's top magnitude asks for)."""
-    if bits_to_keep <= 0:
-        return Image.new(img.mode, img.size, 0)
-    return posterize(img, bits_to_keep, **kwargs)

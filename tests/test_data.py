@@ -23,6 +23,7 @@ from core.augment import (AUGMENTATIONS, PIL_TRANSFORMS, CropBoxes, Jitter, appl
                           get_pil_transform, resized_crop, sample_flips, sample_resized_crops)
 from core.config import Augmentation, DataConfig
 from core.data_files import train_images
+from core.errors import ConfigError
 from core.data import (DataNotFoundError, DataSource, carve_splits, epoch_generator, open_dataset, read_idx,
                        synthetic_images)
 
@@ -267,6 +268,50 @@ def test_imagefolder_augmentation_does_not_depend_on_workers(image_root: Path) -
 
     serial, parallel = load(0), load(2)
     assert torch.equal(serial[0], parallel[0]) and torch.equal(serial[1], parallel[1])
+
+
+def test_imagefolder_fine_tune_augments_each_image_through_timms_create_transform(image_root: Path) -> None:
+    """Image folders get the release's fine-tune transform: timm's create_transform (bicubic crop at
+    the evaluation scale, flip, RandAugment, normalise, random erasing), run image by image under the
+    image's own seed. Checked against create_transform called here on each file with the same seeds
+    (python, numpy and torch RNGs), for any number of loader workers; a source that augments whole
+    batches refuses per-image steps."""
+    import random
+
+    from timm.data import create_transform
+
+    from core.augment import EVAL_CROP_SCALE, PerImageSteps
+    from core.data import epoch_generator as order_generator
+
+    steps = PerImageSteps("rand-m9-mstd0.5-inc1", 0.25)
+    got = {}
+    for workers in (0, 2):
+        cfg = DataConfig(dataset="imagefolder", root=str(image_root), val_fraction=0.25, num_workers=workers)
+        source = open_dataset(cfg, img_size=16, in_chans=3)
+        got[workers] = collect(source, batch_size=4, drop_last=False, crop_scale=EVAL_CROP_SCALE, steps=steps)
+    assert torch.equal(got[0][0], got[2][0]) and torch.equal(got[0][1], got[2][1])
+
+    reference = create_transform(input_size=16, is_training=True, scale=EVAL_CROP_SCALE, auto_augment=steps.rand_augment,
+                                 interpolation="bicubic", re_prob=steps.reprob, re_mode="pixel", re_count=1,
+                                 mean=data_module.IMAGENET_MEAN, std=data_module.IMAGENET_STD)
+    part, rows = source._split("train")
+    generator = order_generator(0, 0, "train")
+    rows = rows[torch.randperm(len(rows), generator=generator)]
+    seeds = torch.randint(2**62, (len(rows),), generator=generator)
+    folder = source._folders[part]
+    expected = []
+    for row, seed in zip(rows.tolist(), seeds.tolist()):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        expected.append(reference(folder.loader(folder.samples[row][0])))
+    torch.testing.assert_close(got[0][0], torch.stack(expected), rtol=0, atol=1e-6)
+    plain = collect(source, batch_size=4, drop_last=False, crop_scale=EVAL_CROP_SCALE)[0]
+    assert not torch.allclose(plain, got[0][0])  # RandAugment and erasing changed the images
+
+    synthetic = open_dataset(DataConfig(dataset="synthetic", synthetic_size=16), img_size=16, in_chans=3)
+    with pytest.raises(ConfigError, match="augments whole batches"):
+        collect(synthetic, steps=steps)
 
 
 def test_imagefolder_missing_names_the_path(tmp_path: Path) -> None:

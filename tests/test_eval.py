@@ -19,7 +19,8 @@ from core.classifier import accuracy, build_classifier, topk_correct
 from core.config import DataConfig, ModelConfig
 from core.eval_config import (FinetuneConfig, FinetuneJob, LinearProbeConfig,
                               LinearProbeJob)
-from core.finetune import RandAugmentBatch, _posterize_any_bits, build_finetune_model, finetune, param_groups
+from core.augment import _posterize_any_bits
+from core.finetune import BatchAugment, RandAugmentBatch, build_finetune_model, finetune, param_groups
 from core.lars import LARS
 from core.linear_probe import linear_probe
 from core.model import MaskedAutoencoder
@@ -249,6 +250,30 @@ def test_finetune_end_to_end_reports_every_epoch(encoder, tmp_path):
     assert "ft_top1" not in reported[0] and "ft_val_top1" in reported[0]  # the test split: at the end only
     assert set(result) == {"epoch", "train_loss", "lr", "ft_top1", "ft_top5", "ft_val_top1", "img_per_s",
                            "epoch_time_s"}
+    assert all(math.isfinite(v) for v in result.values())
+
+
+def test_finetune_on_an_image_folder_augments_in_timms_per_image_transform(encoder, tmp_path):
+    """RandAugment and erasing run in the folder's per-image transform (timm's create_transform),
+    not again on the batch; in-memory data keeps them on the batch."""
+    from core.data import open_dataset
+
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(("a", "b")):
+        for split in ("train", "val"):
+            (tmp_path / "images" / split / name).mkdir(parents=True)
+            for i in range(8):
+                Image.fromarray(rng.integers(0, 256, (40, 36, 3), np.uint8)).save(
+                    tmp_path / "images" / split / name / f"{i}.png")
+    folder = DataConfig(dataset="imagefolder", root=str(tmp_path / "images"), val_fraction=0.25, num_workers=0)
+    job = FinetuneJob(model=MODEL, data=folder, finetune=FinetuneConfig(epochs=1, warmup_epochs=0, batch_size=4,
+                                                                        mixup=0, cutmix=0, device="cpu"))
+    augment = BatchAugment(job.finetune, open_dataset(folder, img_size=32, in_chans=3), torch.device("cpu"))
+    assert augment.per_image == (job.finetune.rand_augment, job.finetune.reprob)
+    assert augment.rand_augment is None and augment.erasing is None
+    in_memory = BatchAugment(job.finetune, open_dataset(DATA, img_size=32, in_chans=3), torch.device("cpu"))
+    assert in_memory.per_image is None and in_memory.rand_augment is not None and in_memory.erasing is not None
+    result = finetune(job, encoder, tmp_path / "run")
     assert all(math.isfinite(v) for v in result.values())
 
 
