@@ -86,17 +86,27 @@ def test_the_heartbeat_keeps_a_lease_alive(tmp_path):
 
 PROFILE = tiny_profile("concurrency-test", pretrain_epochs=3, probe_epochs=2, finetune=False)
 STUDY = "name: shared\naxes:\n  model.mask_ratio: [0.5, 0.75]\nevaluations: [linear_probe]\nfigures: []\n"
+# Another study on the same root, as quickstart and masking_ratio are: its 0.75 arm is the shared
+# study's (those stages run once, by whichever driver leases them first), its 0.9 arm its own.
+OTHER = "name: other\naxes:\n  model.mask_ratio: [0.75, 0.9]\nevaluations: [linear_probe]\nfigures: []\n"
 
 
 @pytest.mark.slow
 def test_two_drivers_on_one_root_run_each_stage_once_with_one_mlflow_run_each(tmp_path):
+    """Two drivers of one study and a third of another study sharing one arm with it, started
+    together: every stage computed once, one MLflow run per stage per study, and the third study's
+    own stages run while the others' do (the lease is per stage, not per output root)."""
     (tmp_path / "tiny.yaml").write_text(PROFILE)
     (tmp_path / "shared.yaml").write_text(STUDY)
+    (tmp_path / "other.yaml").write_text(OTHER)
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    command = [sys.executable, "-m", "ablate.cli", "run", str(tmp_path / "shared.yaml"), "--profile",
-               str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "runs")]
-    drivers = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True) for _ in range(2)]
+
+    def command(study: str) -> list[str]:
+        return [sys.executable, "-m", "ablate.cli", "run", str(tmp_path / study), "--profile", str(tmp_path / "tiny.yaml"),
+                "--out", str(tmp_path / "runs")]
+
+    drivers = [subprocess.Popen(command(study), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True) for study in ("shared.yaml", "shared.yaml", "other.yaml")]
     outputs = [d.communicate(timeout=600)[0] for d in drivers]
     for driver, output in zip(drivers, outputs):
         assert driver.returncode == 0, output[-3000:]
@@ -106,12 +116,26 @@ def test_two_drivers_on_one_root_run_each_stage_once_with_one_mlflow_run_each(tm
     from ablate.spec.profiles import load_profile
     from ablate.spec.study import load_study
 
-    s = load_study(tmp_path / "shared.yaml")
-    stages = plan(s, load_profile(str(tmp_path / "tiny.yaml"), s.source)).stages
+    def stages_of(study: str) -> dict:
+        s = load_study(tmp_path / study)
+        return plan(s, load_profile(str(tmp_path / "tiny.yaml"), s.source)).stages
+
+    stages, others = stages_of("shared.yaml"), stages_of("other.yaml")
+    common = set(stages) & set(others)
+    assert len(common) == 2 and len(set(others) - common) == 2  # the 0.75 arm's pre-training and probe
     out = tmp_path / "runs"
-    for sid in stages:  # computed once: one attempt, by one driver's trial
+    for sid in {**stages, **others}:  # computed once: one attempt, by one driver's trial
         assert len(store.attempts(out, sid)) == 1, sid
         assert not (store.stage_dir(out, sid) / lease.LEASE).exists()
+
+    def window(sids) -> tuple[int, int]:
+        """From the first epoch recorded to the last (ms), over these stages."""
+        times = [row[store.TIME] for sid in sids for row in store.epochs(out, sid, timed=True)]
+        return min(times), max(times)
+
+    own, rest = window(set(others) - common), window(stages)
+    assert own[0] < rest[1] and rest[0] < own[1], (own, rest)  # side by side, neither waited for the other
+    assert "other: 4/4 stages done" in outputs[2]
 
     from mlflow.tracking import MlflowClient
 
