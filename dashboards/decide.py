@@ -29,9 +29,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from dashboards.contract import DONE
+
+
+def _stats():
+    """scipy.stats, imported when an interval is computed: the figures module imports this one, and
+    a stage's worker draws its own pictures with it without computing any (scipy.stats: 0.5-0.7 s)."""
+    from scipy import stats
+
+    return stats
 
 LEVEL = 0.95
 ALPHA = 1 - LEVEL
@@ -79,7 +86,7 @@ def interval(values: Sequence[float], level: float = LEVEL) -> Interval:
     mean = float(x.mean())
     if n < 2:
         return Interval(mean, math.nan, math.nan, n)
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
+    half = float(_stats().t.ppf(0.5 + level / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
     return Interval(mean, mean - half, mean + half, n)
 
 
@@ -137,9 +144,9 @@ def compare(arm: str, metric: str, arm_values: Mapping[int, float], base_values:
         p_eq = 0.0 if abs(diff.mean) < margin else 1.0
     else:
         se = sd / math.sqrt(n)
-        p = float(2 * stats.t.sf(abs(diff.mean) / se, n - 1))
-        p_lower = float(stats.t.sf((diff.mean + margin) / se, n - 1))  # H0: d <= -margin
-        p_upper = float(stats.t.cdf((diff.mean - margin) / se, n - 1))  # H0: d >= +margin
+        p = float(2 * _stats().t.sf(abs(diff.mean) / se, n - 1))
+        p_lower = float(_stats().t.sf((diff.mean + margin) / se, n - 1))  # H0: d <= -margin
+        p_upper = float(_stats().t.cdf((diff.mean - margin) / se, n - 1))  # H0: d >= +margin
         p_eq = max(p_lower, p_upper)
     return Comparison(arm, metric, diff, p, p_eq, margin, higher_is_better)
 
@@ -217,8 +224,8 @@ def trend(metric: str, x: Sequence[float], y: Sequence[float], margin: float = D
     n = len(xy)
     if n < 3 or len(np.unique(xy[:, 0])) < 2:
         return Trend(metric, Interval(math.nan, math.nan, math.nan, n), math.nan, NO_VERDICT)
-    fit = stats.linregress(np.log2(xy[:, 0]), xy[:, 1])
-    half = float(stats.t.ppf(1 - alpha / 2, n - 2) * fit.stderr)
+    fit = _stats().linregress(np.log2(xy[:, 0]), xy[:, 1])
+    half = float(_stats().t.ppf(1 - alpha / 2, n - 2) * fit.stderr)
     slope = Interval(float(fit.slope), float(fit.slope) - half, float(fit.slope) + half, n)
     if fit.pvalue < alpha:
         verdict = RISES if fit.slope > 0 else FALLS
