@@ -13,6 +13,8 @@ or a kind (`pretrain` matches `pretrain-<hash>`), and the rule fires at the firs
     kill-driver  SIGKILL to the driver that built the Fault (Ray backend only), at the first epoch
                  >= `epoch` after the stage named by `when-done=<stage id>` (optional 4th field) is done
     fill-disk    writes `<out_root>/filler` until the output root's disk is full, and goes on
+    hold         waits there until the stage named by `when-done=<stage id>` is done (any driver's),
+                 holding the stage's lease meanwhile; gives up with an error after HOLD_S
 
 A 4th field `before-line` strikes before the epoch is recorded instead: after the engine wrote
 that epoch's checkpoint, before its line in metrics.jsonl (the narrowest window of a real kill).
@@ -32,7 +34,8 @@ from ablate.execution import store
 from ablate.execution.serial_backend import WorkerCrashed
 from core.errors import NonFiniteLoss
 
-ACTIONS = ("crash", "sigkill", "nan", "kill-driver", "fill-disk")
+ACTIONS = ("crash", "sigkill", "nan", "kill-driver", "fill-disk", "hold")
+HOLD_S = 300.0
 
 
 class Fault:
@@ -65,6 +68,10 @@ class Fault:
                 continue
             if do == "nan":
                 raise NonFiniteLoss(f"non-finite loss nan at epoch {epoch} (injected)")
+            if do == "hold" and not (folder / ".fault-hold").exists():
+                (folder / ".fault-hold").write_text(f"at epoch {epoch}\n")
+                _hold_until_done(Path(job.out_root), done)
+                continue
             if done is not None and store.state(Path(job.out_root), done) != store.DONE:
                 continue
             mark = folder / f".fault-{do}"
@@ -81,6 +88,17 @@ class Fault:
                 raise WorkerCrashed()
             else:
                 os._exit(3)
+
+
+def _hold_until_done(out_root: Path, stage_id: str) -> None:
+    """Wait on another stage's progress (its result.json), not on a clock: HOLD_S is a bound only."""
+    import time
+
+    deadline = time.monotonic() + HOLD_S
+    while store.state(out_root, stage_id) != store.DONE:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"held for {HOLD_S:.0f} s and {stage_id} never finished")
+        time.sleep(0.05)
 
 
 def _fill(path: Path) -> None:

@@ -94,47 +94,53 @@ OTHER = "name: other\naxes:\n  model.mask_ratio: [0.75, 0.9]\nevaluations: [line
 @pytest.mark.slow
 def test_two_drivers_on_one_root_run_each_stage_once_with_one_mlflow_run_each(tmp_path):
     """Two drivers of one study and a third of another study sharing one arm with it, started
-    together: every stage computed once, one MLflow run per stage per study, and the third study's
-    own stages run while the others' do (the lease is per stage, not per output root)."""
+    together: every stage computed once, one MLflow run per stage per study. Side by side: the
+    first study's 0.5 pre-training holds its lease after its epoch 1 until the other study's own
+    0.9 pre-training is done (tests/faults.py `hold`, driven by that stage's progress), which can
+    only end if the lease is per stage, not per output root."""
     (tmp_path / "tiny.yaml").write_text(PROFILE)
     (tmp_path / "shared.yaml").write_text(STUDY)
     (tmp_path / "other.yaml").write_text(OTHER)
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
 
-    def command(study: str) -> list[str]:
-        return [sys.executable, "-m", "ablate.cli", "run", str(tmp_path / study), "--profile", str(tmp_path / "tiny.yaml"),
+    from ablate.planning.plan import plan
+    from ablate.spec.profiles import load_profile
+    from ablate.spec.study import load_study
+
+    def plan_of(study: str):
+        s = load_study(tmp_path / study)
+        return plan(s, load_profile(str(tmp_path / "tiny.yaml"), s.source))
+
+    def pretrain_of(p, arm: str) -> str:
+        return next(run.stages["pretrain"] for run in p.runs if run.arm == arm)
+
+    shared_plan, other_plan = plan_of("shared.yaml"), plan_of("other.yaml")
+    held, awaited = pretrain_of(shared_plan, "mask_ratio=0.5"), pretrain_of(other_plan, "mask_ratio=0.9")
+    hold = f"hold:{held}:1:when-done={awaited}"
+
+    def command(study: str, *fault: str) -> list[str]:
+        runner = ["-m", "tests.faults", *fault] if fault else ["-m", "ablate.cli"]
+        return [sys.executable, *runner, "run", str(tmp_path / study), "--profile", str(tmp_path / "tiny.yaml"),
                 "--out", str(tmp_path / "runs")]
 
-    drivers = [subprocess.Popen(command(study), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True) for study in ("shared.yaml", "shared.yaml", "other.yaml")]
+    drivers = [subprocess.Popen(command(study, *fault), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+               for study, fault in (("shared.yaml", (hold,)), ("shared.yaml", (hold,)), ("other.yaml", ()))]
     outputs = [d.communicate(timeout=600)[0] for d in drivers]
     for driver, output in zip(drivers, outputs):
         assert driver.returncode == 0, output[-3000:]
         assert "Traceback" not in output
 
-    from ablate.planning.plan import plan
-    from ablate.spec.profiles import load_profile
-    from ablate.spec.study import load_study
-
-    def stages_of(study: str) -> dict:
-        s = load_study(tmp_path / study)
-        return plan(s, load_profile(str(tmp_path / "tiny.yaml"), s.source)).stages
-
-    stages, others = stages_of("shared.yaml"), stages_of("other.yaml")
+    stages, others = shared_plan.stages, other_plan.stages
     common = set(stages) & set(others)
     assert len(common) == 2 and len(set(others) - common) == 2  # the 0.75 arm's pre-training and probe
     out = tmp_path / "runs"
     for sid in {**stages, **others}:  # computed once: one attempt, by one driver's trial
         assert len(store.attempts(out, sid)) == 1, sid
         assert not (store.stage_dir(out, sid) / lease.LEASE).exists()
-
-    def window(sids) -> tuple[int, int]:
-        """From the first epoch recorded to the last (ms), over these stages."""
-        times = [row[store.TIME] for sid in sids for row in store.epochs(out, sid, timed=True)]
-        return min(times), max(times)
-
-    own, rest = window(set(others) - common), window(stages)
-    assert own[0] < rest[1] and rest[0] < own[1], (own, rest)  # side by side, neither waited for the other
+    assert (store.stage_dir(out, held) / ".fault-hold").is_file()  # it was held, and the awaited stage ran meanwhile
+    held_epochs = store.epochs(out, held, timed=True)
+    assert held_epochs[-1][store.TIME] >= store.epochs(out, awaited, timed=True)[-1][store.TIME]
     assert "other: 4/4 stages done" in outputs[2]
 
     from mlflow.tracking import MlflowClient
