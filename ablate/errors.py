@@ -48,6 +48,12 @@ class StorageNotShared(CannotRun):
     exit_code = EXIT_BAD_INPUT
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's first line (300 characters at most), or its type's name when it says nothing."""
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
 def loc_path(loc: tuple[Any, ...]) -> str:
     """('axes', 'model.mask_ratio', 2) -> 'axes.model.mask_ratio[2]'."""
     out = ""

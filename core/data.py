@@ -42,7 +42,7 @@ from core.augment import (RESIZED_CROP_SCALE, CropScale, PerImageSteps, get_augm
 from core.config import DataConfig, check_channels
 from core.data_files import CACHE_ROOT, FASHION_MNIST_FILES, FASHION_MNIST_ROOT
 from core.errors import ConfigError, DataError, MissingFile
-from core.seeding import Stream, generator
+from core.seeding import Stream, generator, seed_everything
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
@@ -266,9 +266,7 @@ class _SeededImages(Dataset):
         python, numpy_state = random.getstate(), np.random.get_state()
         try:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                random.seed(seed)
-                np.random.seed(seed % 2**32)
+                seed_everything(seed)
                 return self.transform(image), label
         finally:
             random.setstate(python)

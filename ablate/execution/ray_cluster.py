@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from ablate.errors import CannotRun, StorageNotShared
+from ablate.errors import CannotRun, StorageNotShared, first_line
 
 AUTH_MODE = "RAY_AUTH_MODE"
 TOKEN_VARS = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
@@ -65,11 +65,6 @@ def stderr_to(path: Path) -> Iterator[None]:
         os.close(saved)
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
-
-
 def join(address: str) -> str:
     """Connect to the cluster at `address` ('auto' or host:port); returns a one-line description of it."""
     import ray
@@ -97,7 +92,7 @@ def join(address: str) -> str:
                    "the cluster requires token authentication and no token was found" if token_source() is None else
                    f"the cluster refused the token from {token_source()}")
             raise CannotRun(f"--address {address}: {why}; {AUTH_HINT}") from None
-        raise CannotRun(f"--address {address}: cannot join a Ray cluster there ({_first_line(e)}); "
+        raise CannotRun(f"--address {address}: cannot join a Ray cluster there ({first_line(e)}); "
                         f"Ray's own log of the attempt: {log}") from None
     log.unlink(missing_ok=True)
     return describe(address, token)

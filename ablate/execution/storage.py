@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from ablate.errors import first_line
 from ablate.execution import store
 
 # Only the trial that resumes the stage reads these (and the child stages read the encoder): the
@@ -75,7 +76,7 @@ class Storage:
             try:
                 self._fs, self._root = pafs.FileSystem.from_uri(uri)
             except Exception as e:  # noqa: BLE001 - ArrowInvalid, OSError: an unknown scheme, a bad query
-                raise StorageError(f"--storage {self.uri}: {_first_line(e)}") from None
+                raise StorageError(f"--storage {self.uri}: {first_line(e)}") from None
             self._root = self._root.rstrip("/")
         return self._fs
 
@@ -85,13 +86,14 @@ class Storage:
 
     # ---- files -------------------------------------------------------------------------------
 
-    def _listing(self, stage_id: str) -> dict[str, tuple[int, int]]:
-        """name -> (size, mtime ns) of the stage's files at the URI ({} when it has none)."""
+    def _listing(self, stage_id: str) -> list[str]:
+        """The names of the stage's files at the URI, `result.json` last ([] when it has none)."""
         import pyarrow.fs as pafs
 
         folder = self._key("stages", stage_id)
         infos = self.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True, recursive=False))
-        return {info.base_name: (info.size, info.mtime_ns or 0) for info in infos if info.type == pafs.FileType.File}
+        return sorted((info.base_name for info in infos if info.type == pafs.FileType.File),
+                      key=lambda name: name == store.RESULT)
 
     def _download(self, key: str, target: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -120,8 +122,11 @@ class Storage:
         """Copy the stage's files from the URI into `<out_root>/stages/<id>/`: its records (what the
         driver reads), with the encoder (what a child stage reads), or everything (`resume`: what
         the trial that runs it reads, its checkpoints too). A file that never changes once written
-        (config.json, result.json) is not copied again."""
+        (config.json, result.json) is not copied again, and the records of a stage done here are
+        final: `result.json` is written last at the URI and copied last here."""
         folder = store.stage_dir(out_root, stage_id)
+        if what == "records" and (folder / store.RESULT).is_file():
+            return
         for name in self._listing(stage_id):
             if _skipped(name) or (_trial_only(name) and what == "records"):
                 continue
@@ -166,19 +171,17 @@ class Storage:
         """Open the URI and write, read and delete a probe there; StorageError says what failed."""
         import uuid
 
-        key = self._key(f".storage-probe-{uuid.uuid4().hex}")
+        token = uuid.uuid4().hex
         try:
             self.fs.create_dir(self._root, recursive=True)
-            with self.fs.open_output_stream(key) as sink:
-                sink.write(b"ablate")
-            with self.fs.open_input_stream(key) as source:
-                if source.read() != b"ablate":
-                    raise StorageError(f"--storage {self.uri}: a file written there reads back differently")
+            key = self.write_probe(token)
+            if self.read_probe(key) != token:
+                raise StorageError(f"--storage {self.uri}: a file written there reads back differently")
             self.fs.delete_file(key)
         except StorageError:
             raise
         except Exception as e:  # noqa: BLE001 - OSError from pyarrow: no such bucket, access denied, no network
-            raise StorageError(f"--storage {self.uri}: cannot write and read there ({_first_line(e)})") from None
+            raise StorageError(f"--storage {self.uri}: cannot write and read there ({first_line(e)})") from None
 
     def write_probe(self, token: str) -> str:
         key = self._key(f".storage-probe-{token}")
@@ -200,8 +203,3 @@ class Storage:
 def mirror_root(uri: str) -> Path:
     """This node's working copy of the store at `uri` (one per URI, in the node's temporary folder)."""
     return Path(tempfile.gettempdir()) / "ablate-mirror" / hashlib.sha1(uri.encode()).hexdigest()[:16]
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
