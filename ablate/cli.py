@@ -22,10 +22,11 @@ from typer.core import TyperGroup
 
 from ablate.errors import EXIT_BAD_INPUT, CannotRun, StudyError
 from ablate.execution import preflight, store
-from ablate.planning.plan import Plan, plan
+from ablate.planning.plan import Plan, plan, union
 from ablate.presentation import crash
 from ablate.spec.profiles import DEFAULT_PROFILE, load_profile
 from ablate.spec.study import load_study
+from ablate.spec.suite import Suite, load_suite
 
 # The click typer parses with: typer 0.29 vendors it as `typer._click`, older typers use `click`.
 _CLICK = getattr(typer.core, "_click", None) or importlib.import_module("click")
@@ -85,6 +86,11 @@ app = typer.Typer(
 
 StudyArg = Annotated[Path, typer.Argument(help="The study file, e.g. studies/masking_ratio.yaml.",
                                           show_default=False)]
+StudiesArg = Annotated[list[Path], typer.Argument(
+    help="A study file (studies/masking_ratio.yaml); or a suite: a folder of study files (studies/: every study), "
+         "a suite file (a YAML file listing `studies:`) or several study files. A suite runs as one: shared stages "
+         "once, one pool of trials, each study's own folder, report and MLflow experiment, and the suite's.",
+    show_default=False)]
 ProfileOpt = Annotated[Optional[str], typer.Option(
     "--profile", "-p", help=f"Profile name (studies/profiles/<name>.yaml) or a profile file. "
                             f"Default: {DEFAULT_PROFILE}; for status and report, the one the study last ran with.",
@@ -146,35 +152,40 @@ def validate(study: StudyArg, profile: ProfileOpt = None, seeds: SeedsOpt = None
                      f"{len(p.stages)} stage(s)")
 
 
-def study_files(folder: Path) -> list[Path]:
-    """The study files of a folder (its own *.yaml, not the profiles below it), in name order."""
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
-    if not files:
-        with bad_input():
-            raise StudyError(folder, "", "a folder of studies holds .yaml study files; this one has none")
-    return files
+def load_many(paths: list[Path], profile: str | None, out: Path | None = None, *, seeds: int | None = None
+              ) -> tuple[Suite | None, list[Plan]]:
+    """What `paths` name, planned: (None, [the plan]) for one study file, (the suite, a plan per study)
+    for a suite; bad input as one line (exit status 2). Given `out`, each study's profile and seed
+    count left out are those it last ran with."""
+    with bad_input():
+        suite = load_suite(paths)
+    if suite is None:
+        return None, [load(paths[0], profile, out, seeds=seeds)]
+    plans = [load(path, profile, out, seeds=seeds, say=False) for path in suite.files]
+    with bad_input():
+        union(suite.name, plans)  # one pool of trials: the studies must take the same resources
+    profiles = list(dict.fromkeys(f"profile {p.profile.name}: {p.profile.description}" for p in plans))
+    for line in profiles:
+        _console().print(line)
+    return suite, plans
 
 
 @app.command(name="plan")
-def show_plan(study: Annotated[Path, typer.Argument(help="The study file, e.g. studies/masking_ratio.yaml, or a "
-                                                         "folder of them (studies/: every study, shared stages "
-                                                         "counted once).", show_default=False)],
-              profile: ProfileOpt = None, out: OutOpt = store.DEFAULT_OUT, seeds: SeedsOpt = None) -> None:
-    """Show the stage table (arm, stage, stage id, done?) with a cost estimate; for a folder of
-    studies, one row per study and the whole suite's cost. Runs and writes nothing."""
+def show_plan(study: StudiesArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT_OUT,
+              seeds: SeedsOpt = None) -> None:
+    """Show the stage table (arm, stage, stage id, done?) with a cost estimate; for a suite, one row
+    per study (shared stages counted once) and the whole suite's cost. Runs and writes nothing."""
     from ablate.presentation.views import plan_table, suite_table
 
-    if study.is_dir():
-        files = study_files(study)
-        plans = [load(path, profile, seeds=seeds, say=i == 0) for i, path in enumerate(files)]
+    suite, plans = load_many(study, profile, seeds=seeds)
+    if suite is not None:
         suite_table(plans, out, _console())
         return
-    p = load(study, profile, seeds=seeds)
-    plan_table(p, out, _console())
+    plan_table(plans[0], out, _console())
 
 
 @app.command()
-def run(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT_OUT, seeds: SeedsOpt = None,
+def run(study: StudiesArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT_OUT, seeds: SeedsOpt = None,
         address: Annotated[Optional[str], typer.Option(help="Join a running Ray cluster ('auto' or host:port) "
                                                             "instead of starting a private local one; a head "
                                                             "with token authentication gets your Ray token "
@@ -208,9 +219,10 @@ def run(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT
                                                        "and MLflow. One driver at a time per URI.",
                                                        show_default=False)] = None,
         ) -> None:
-    """Run a study (or resume it: finished stages are skipped), tracked in MLflow, then draw its report."""
-    from ablate.execution.runner import run_study
-    from ablate.presentation.views import outcome_summary
+    """Run a study or a suite of them (or resume it: finished stages are skipped), tracked in MLflow,
+    then draw its report (a suite's: each study's and the combined one, with the paper's findings judged)."""
+    from ablate.execution.runner import run_study, run_suite
+    from ablate.presentation.views import outcome_summary, suite_summary
 
     if storage is not None and rerun_stale:  # the stale stages' folders at the URI would be read back as done
         typer.echo("--rerun-stale: not with --storage (an object store cannot set a folder aside); move the stale "
@@ -220,27 +232,37 @@ def run(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT
         option = "--address" if address else "--max-concurrent"
         typer.echo(f"{option}: only for --backend ray (the serial backend runs one stage at a time, here)", err=True)
         raise typer.Exit(2)
-    p = load(study, profile, seeds=seeds)
-    crash.write_into(store.study_dir(out, p.study.name))
+    suite, plans = load_many(study, profile, seeds=seeds)
+    name = suite.name if suite is not None else plans[0].study.name
+    crash.write_into(store.study_dir(out, name))
     with bad_input():  # before anything is written or started
-        preflight.check_output(out, p.study.name)
+        p = plans[0] if suite is None else union(suite.name, plans, suite.description, suite.source)
+        for folder in dict.fromkeys([*(q.study.name for q in plans), name]):
+            preflight.check_output(out, folder)
         if address is None:  # on a cluster the trials read the data on their nodes
-            preflight.check_data(p)
+            for q in plans:
+                preflight.check_data(q)
         stored = None if storage is None else preflight.check_storage(storage, p)
     if stored is not None:
         stored.pull_records(out, p.stages)  # what earlier runs, from any machine, left there
     _settle_stale(p, out, rerun_stale, keep_stale)
     console = _console()
-    for line in preflight.summary(p, out, data_checked=address is None):
+    for line in preflight.summary(p, out, data_checked=address is None, studies=len(plans)):
         console.print(line)
+    engine = make_backend(backend, address, max_concurrent, console.print, storage=stored)
     try:
-        outcome = run_study(p, out, backend=make_backend(backend, address, max_concurrent, console.print,
-                                                         storage=stored),
-                            rerun_failed=rerun_failed, console=console, tracking_uri=tracking_uri, storage=stored)
+        if suite is None:
+            outcome = run_study(p, out, backend=engine, rerun_failed=rerun_failed, console=console,
+                                tracking_uri=tracking_uri, storage=stored)
+        else:
+            outcome = run_suite(suite, plans, out, backend=engine, rerun_failed=rerun_failed, console=console,
+                                tracking_uri=tracking_uri, storage=stored)
     except CannotRun as e:
-        typer.echo(f"cannot run {p.study.name}: {e}", err=True)
+        typer.echo(f"cannot run {name}: {e}", err=True)
         raise typer.Exit(e.exit_code) from None
-    code = outcome_summary(p, outcome, console, resume=_resume_command(study, profile, out, seeds, tracking_uri))
+    resume = _resume_command(study, profile, out, seeds, tracking_uri)
+    code = (outcome_summary(p, outcome, console, resume=resume) if suite is None else
+            suite_summary(suite, plans, outcome, console, resume=resume))
     raise typer.Exit(EXIT_INTERRUPTED if outcome.interrupted else code)
 
 
@@ -334,22 +356,36 @@ def ui(study: StudyArg, out: OutOpt = store.DEFAULT_OUT,
 
 
 @app.command()
-def report(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT_OUT,
+def report(study: StudiesArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT_OUT,
            seeds: SeedsOpt = None) -> None:
-    """Rebuild results.csv and history.csv from the stage store and redraw the figures and tables."""
+    """Rebuild results.csv and history.csv from the stage store and redraw the figures and tables;
+    for a suite, every study's and the combined report, from whatever is done (also while it runs)."""
     from ablate.execution.runner import last_run
     from ablate.presentation import results
 
-    p = load(study, profile, out, seeds=seeds)
-    folder = store.study_dir(out, p.study.name)
-    crash.write_into(folder)
-    if not folder.is_dir():
-        typer.echo(f"no results for {p.study.name} under {out}; run it first: ablate run {study}", err=True)
+    suite, plans = load_many(study, profile, out, seeds=seeds)
+    name = suite.name if suite is not None else plans[0].study.name
+    crash.write_into(store.study_dir(out, name))
+    drawn = [p for p in plans if store.study_dir(out, p.study.name).is_dir()]
+    if not drawn:
+        typer.echo(f"no results for {name} under {out}; run it first: ablate run {' '.join(map(str, study))}",
+                   err=True)
         raise typer.Exit(EXIT_FAILED)
-    table, history = results.write_tables(p, out, folder)
-    path = results.write_report(p, out, folder, table, history, mlflow=last_run(folder).get("mlflow"), force=True)
-    typer.echo(f"results: {folder / results.RESULTS} ({len(table)} rows)")
-    typer.echo(f"report: {path}" if path else "report: not drawn (the dashboards package is not installed)")
+    for p in drawn:
+        folder = store.study_dir(out, p.study.name)
+        table, history = results.write_tables(p, out, folder)
+        path = results.write_report(p, out, folder, table, history, mlflow=last_run(folder).get("mlflow"), force=True)
+        if suite is None:
+            typer.echo(f"results: {folder / results.RESULTS} ({len(table)} rows)")
+            typer.echo(f"report: {path}" if path else "report: not drawn (the dashboards package is not installed)")
+            return
+        typer.echo(f"{p.study.name}: results {folder / results.RESULTS} ({len(table)} rows), report {path}")
+    folder = store.study_dir(out, suite.name)
+    with bad_input():
+        whole = union(suite.name, plans, suite.description, suite.source)
+    results.write_tables(whole, out, folder)
+    path = results.write_suite_report(suite, plans, out, folder, mlflow=last_run(folder).get("mlflow"), force=True)
+    typer.echo(f"{suite.name}: combined report {path} ({len(drawn)} of {len(plans)} studies have results)")
 
 
 @app.command()
@@ -370,9 +406,9 @@ def clean(out: OutOpt = store.DEFAULT_OUT,
                f"{human_bytes(size)}")
 
 
-def _resume_command(study: Path, profile: str | None, out: Path, seeds: int | None = None,
+def _resume_command(study: list[Path], profile: str | None, out: Path, seeds: int | None = None,
                     tracking_uri: str | None = None) -> str:
-    parts = ["ablate", "run", str(study)]
+    parts = ["ablate", "run", *map(str, study)]
     if profile is not None:
         parts += ["--profile", profile]
     if seeds is not None:

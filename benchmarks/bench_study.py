@@ -2,12 +2,13 @@
 
     .venv/bin/python benchmarks/bench_study.py                   # Ray start, per-trial overhead, masking_ratio study
     .venv/bin/python benchmarks/bench_study.py --study studies/quickstart.yaml
+    .venv/bin/python benchmarks/bench_study.py --study studies/ --seeds 3 --trials 0   # the whole suite
 
 Measured in one run, on this machine:
 - Ray start: a cold local `ray.init` as `ablate run` does it (no dashboard).
 - Per-trial overhead: a wave of N trials that do nothing but import torch and report once,
   one at a time, with and without actor reuse: (wave wall-clock) / N.
-- A real study (`ablate run`, laptop profile, into a fresh folder): its wall-clock against the
+- A real study or suite (`ablate run`, laptop profile, into a fresh folder): its wall-clock against the
   trials' own compute, read from each stage's result.json (`attempt_wall_s`). With several
   trials at once the lower bound is not the sum but the critical path of the stage graph packed
   onto the slots Ray has; both are shown. Peak resident memory per trial from result.json.
@@ -81,11 +82,15 @@ def critical_path_seconds(stages: dict[str, dict], slots: int) -> float:
 
 
 def study_overhead(study: Path, profile: str, seeds: int | None = None, keep: Path | None = None) -> dict:
-    from ablate.planning.plan import plan
+    from ablate.planning.plan import plan, union
     from ablate.spec.profiles import load_profile
     from ablate.spec.study import load_study
+    from ablate.spec.suite import load_suite
 
-    the_plan = plan(load_study(study).with_seeds(seeds), load_profile(profile))
+    suite = load_suite([study])  # a folder of studies (or a suite file) runs as one suite
+    files = [study] if suite is None else list(suite.files)
+    plans = [plan(load_study(f).with_seeds(seeds), load_profile(profile, f)) for f in files]
+    the_plan = plans[0] if suite is None else union(suite.name, plans)
     with tempfile.TemporaryDirectory() as tmp:
         out = keep if keep is not None else Path(tmp) / "runs"
         if keep is not None and keep.exists():
@@ -101,15 +106,20 @@ def study_overhead(study: Path, profile: str, seeds: int | None = None, keep: Pa
             result = json.loads((out / "stages" / sid / "result.json").read_text())
             stages[sid] = {"id": sid, "parent": stage.parent, "wall": result["attempt_wall_s"],
                            "kind": stage.kind, "rss": result.get("peak_rss_mb")}
+        claims = out / suite.name / "report" / "tables" / "claims.md" if suite is not None else None
+        verdicts = claims.read_text() if claims is not None and claims.is_file() else ""
     slots = int(len(os.sched_getaffinity(0)) // load_profile(profile).resources.cpu)
     return {"wall": wall, "sum": sum(s["wall"] for s in stages.values()),
-            "bound": critical_path_seconds(stages, slots), "slots": slots, "stages": stages}
+            "bound": critical_path_seconds(stages, slots), "slots": slots, "stages": stages, "claims": verdicts}
 
 
 def run(args: argparse.Namespace) -> str:
     import ray
 
-    lines = ["### Study overhead", ""]
+    suite = Path(args.study).is_dir() if args.study else False
+    lines = ["### The whole suite (`ablate run studies/`)" if suite else "### Study overhead", ""]
+    if args.trials == 0:
+        return _study_lines(args, lines)
     start = ray_start_seconds(args.repeats)
     lines.append(f"Cold local `ray.init` (no dashboard): **{start:.2f} s** (median of {args.repeats}).")
     print(lines[-1], flush=True)
@@ -125,6 +135,10 @@ def run(args: argparse.Namespace) -> str:
               "| actors | s per trial |", "|---|---|", f"| fresh per trial | {fresh:.2f} |",
               f"| reused (`reuse_actors=True`, what ablate uses) | **{reused:.2f}** |", ""]
     print("\n".join(lines[-6:]), flush=True)
+    return _study_lines(args, lines)
+
+
+def _study_lines(args: argparse.Namespace, lines: list[str]) -> str:
     if args.study:
         s = study_overhead(Path(args.study), args.profile, args.seeds, Path(args.keep) if args.keep else None)
         kinds: dict[str, list[dict]] = {}
@@ -144,6 +158,10 @@ def run(args: argparse.Namespace) -> str:
             lines.append(f"| {kind} | {len(group)} | {statistics.median(g['wall'] for g in group):.1f} | "
                          f"{max(rss):.0f} |" if rss else f"| {kind} | {len(group)} | "
                          f"{statistics.median(g['wall'] for g in group):.1f} | - |")
+        if s["claims"]:
+            lines += ["", "The paper's findings as the combined report judged them:", "", s["claims"].rstrip()]
+        from run_all import machine
+        lines += ["", f"Machine: {machine()}."]
         print("\n".join(lines[-12:]), flush=True)
     return "\n".join(lines) + "\n"
 
@@ -155,11 +173,12 @@ def main() -> None:
     parser.add_argument("--profile", default="laptop")
     parser.add_argument("--seeds", type=int, default=None, help="run the study at this many seeds (ablate --seeds)")
     parser.add_argument("--keep", default=None, help="run the study into this (new) folder and keep it")
-    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--trials", type=int, default=8, help="trials of the per-trial overhead (0: skip it and "
+                                                               "the Ray start)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     text = run(args)
-    save("study", text)
+    save("suite" if args.study and Path(args.study).is_dir() else "study", text)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ or a kind (`pretrain` matches `pretrain-<hash>`), and the rule fires at the firs
                  on the serial backend, which has no worker, it raises WorkerCrashed instead
     sigkill      the worker process sends itself SIGKILL (Ray backend only)
     nan          raises the NonFiniteLoss a diverging loss raises: a deterministic failure, every attempt
+    sigint       SIGINT to the driver that built the Fault, as Ctrl-C (on the serial backend, which runs the
+                 stage in the driver: the KeyboardInterrupt it raises there)
     kill-driver  SIGKILL to the driver that built the Fault (Ray backend only), at the first epoch
                  >= `epoch` after the stage named by `when-done=<stage id>` (optional 4th field) is done
     fill-disk    writes `<out_root>/filler` until the output root's disk is full, and goes on
@@ -34,7 +36,7 @@ from ablate.execution import store
 from ablate.execution.serial_backend import WorkerCrashed
 from core.errors import NonFiniteLoss
 
-ACTIONS = ("crash", "sigkill", "nan", "kill-driver", "fill-disk", "hold")
+ACTIONS = ("crash", "sigkill", "sigint", "nan", "kill-driver", "fill-disk", "hold")
 HOLD_S = 300.0
 
 
@@ -80,6 +82,10 @@ class Fault:
             mark.write_text(f"at epoch {epoch}\n")
             if do == "kill-driver":
                 os.kill(self.driver, signal.SIGKILL)
+            elif do == "sigint" and self.serial:
+                raise KeyboardInterrupt()  # what Ctrl-C raises in the driver, which runs the stage here
+            elif do == "sigint":
+                os.kill(self.driver, signal.SIGINT)
             elif do == "fill-disk":
                 _fill(Path(job.out_root) / "filler")
             elif do == "sigkill":

@@ -108,11 +108,17 @@ def _origin(plan: Plan, key: str, value: Any) -> tuple[Path | None, str]:
     return profile.source or study.source, f"{key} (default)"
 
 
-def summary(plan: Plan, out: Path, *, data_checked: bool = True) -> list[str]:
-    """Where the run writes and reads, said before it writes anything."""
+def summary(plan: Plan, out: Path, *, data_checked: bool = True, studies: int = 1) -> list[str]:
+    """Where the run writes and reads, said before it writes anything. `studies`: how many a
+    suite's plan (ablate.planning.plan.union) runs."""
     out = Path(out).absolute()
-    lines = [f"output: {out} (stage folders in {store.stages_root(out)}/, this study's results, report and MLflow "
-             f"database in {store.study_dir(out, plan.study.name)}/)"]
+    if studies > 1:
+        lines = [f"output: {out} (stage folders in {store.stages_root(out)}/, each study's results, report and "
+                 f"MLflow database in {out}/<study>/, the suite's combined report and MLflow database in "
+                 f"{store.study_dir(out, plan.study.name)}/)"]
+    else:
+        lines = [f"output: {out} (stage folders in {store.stages_root(out)}/, this study's results, report and "
+                 f"MLflow database in {store.study_dir(out, plan.study.name)}/)"]
     note = "" if data_checked else " (not checked here: the trials read it on the cluster's nodes)"
     lines += [f"data: {describe(dataset, root)}{note}" for dataset, root in data_sources(plan.stages.values())]
     if plan.study.tracking.uri:

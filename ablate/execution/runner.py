@@ -16,9 +16,11 @@ from ablate.errors import CannotRun
 from ablate.execution import store
 from ablate.execution.events import Backend, Interrupted, Listeners
 from ablate.execution.storage import Storage
-from ablate.planning.plan import Plan, Stage
+from ablate.planning.plan import Plan, Stage, union
 from ablate.presentation import results
 from ablate.presentation.progress import LiveView
+from ablate.spec.suite import Suite
+from ablate.spec.suite import describe as describe_suite
 from ablate.tracking.tracker import StudyTracker
 
 RUN_INFO = "run.json"  # in the study folder: the profile and study file of the last run
@@ -32,6 +34,7 @@ class Outcome:
     interrupted: bool = False
     report: Path | None = None
     mlflow: dict | None = None
+    studies: list[Outcome] = field(default_factory=list)  # a suite's: each study's own
 
     def count(self, state: str) -> int:
         return sum(1 for s in self.states.values() if s == state)
@@ -64,9 +67,27 @@ def run_study(plan: Plan, out_root: Path, *, backend: Backend, rerun_failed: boo
     `storage` (--storage, a URI the backend's trials write the stage store to): its stages' records
     are copied into `out_root` when the run starts and after each wave; the backend must be given it too.
     """
+    return run_plans([plan], None, out_root, backend=backend, rerun_failed=rerun_failed, console=console,
+                     tracking_uri=tracking_uri, storage=storage)
+
+
+def run_suite(suite: Suite, plans: Sequence[Plan], out_root: Path, *, backend: Backend, rerun_failed: bool = False,
+              console: Console | None = None, tracking_uri: str | None = None, storage: Storage | None = None
+              ) -> Outcome:
+    """Several studies as one run (`ablate run studies/`): their stages as one pool on one backend
+    (a stage two studies share runs once; no study waits for another), each study tracked, tabled
+    and reported as if run alone, and the suite besides: its folder `<out>/<suite name>/` with the
+    combined report, and an MLflow experiment of the same name holding a run per stage of every
+    study. The outcome is the suite's, with each study's in `studies`. As `run_study` otherwise."""
+    return run_plans(list(plans), suite, out_root, backend=backend, rerun_failed=rerun_failed, console=console,
+                     tracking_uri=tracking_uri, storage=storage)
+
+
+def run_plans(plans: list[Plan], suite: Suite | None, out_root: Path, *, backend: Backend, rerun_failed: bool,
+              console: Console | None, tracking_uri: str | None, storage: Storage | None) -> Outcome:
     try:
-        return _run_study(plan, Path(out_root), backend=backend, rerun_failed=rerun_failed,
-                          console=console or Console(), tracking_uri=tracking_uri, storage=storage)
+        return _run(plans, suite, Path(out_root), backend=backend, rerun_failed=rerun_failed,
+                    console=console or Console(), tracking_uri=tracking_uri, storage=storage)
     except CannotRun:
         raise
     except Exception as e:
@@ -82,48 +103,100 @@ def storage_message(error: OSError, out_root: Path) -> str:
             f"again: finished stages are kept and the others resume from their last checkpoint")
 
 
-def _run_study(plan: Plan, out_root: Path, *, backend: Backend, rerun_failed: bool,
-               console: Console, tracking_uri: str | None, storage: Storage | None) -> Outcome:
-    study_dir = store.study_dir(out_root, plan.study.name)
-    if storage is not None:  # what earlier runs, from any machine, left at the URI
-        storage.pull_records(out_root, plan.stages)
-    states = current_states(plan, out_root)
-    # a trial the cluster can never place is refused before the study folder or its MLflow run exist
-    backend.admit(runnable(plan, states), plan.resources, out_root)
-    tracker = StudyTracker(plan, out_root, study_dir, uri=tracking_uri)
+@dataclass
+class Member:
+    """One study of a run (or the suite itself): its plan, folder, tracker and outcome, and whether
+    a stage of it ended since its tables and report were last written."""
+
+    plan: Plan
+    tracker: StudyTracker
+    outcome: Outcome
+    changed: bool = True
+
+    @property
+    def folder(self) -> Path:
+        return self.outcome.study_dir
+
+    def stage_ended(self, stage_id: str, state: str, error: str | None) -> None:
+        if stage_id in self.plan.stages:
+            self.changed = True
+
+
+def _open(plan: Plan, out_root: Path, tracking_uri: str | None, console: Console) -> Member:
+    folder = store.study_dir(out_root, plan.study.name)
+    tracker = StudyTracker(plan, out_root, folder, uri=tracking_uri)
     try:
         tracker.open()  # the database exists before any trial starts; nothing is created if it cannot be opened
     except Exception as e:  # noqa: BLE001 - any store error: say where, in one line
         raise CannotRun(f"tracking store {tracker.uri}: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
     if tracker.note:
         console.print(f"tracking: {tracker.note}", style="yellow")
+    return Member(plan, tracker, Outcome(folder, {}))
+
+
+def _run(plans: list[Plan], suite: Suite | None, out_root: Path, *, backend: Backend, rerun_failed: bool,
+         console: Console, tracking_uri: str | None, storage: Storage | None) -> Outcome:
+    whole = plans[0] if suite is None else union(suite.name, plans, suite.description, suite.source)
+    if storage is not None:  # what earlier runs, from any machine, left at the URI
+        storage.pull_records(out_root, whole.stages)
+    states = current_states(whole, out_root)
+    # a trial the cluster can never place is refused before the study folder or its MLflow run exist
+    backend.admit(runnable(whole, states), whole.resources, out_root)
+    members: list[Member] = []
+    try:
+        for plan in plans if suite is None else [*plans, whole]:
+            members.append(_open(plan, out_root, tracking_uri, console))
+    except BaseException:
+        for member in members:
+            _tracking(console, member.tracker.close, "FAILED", quiet=True)
+        raise
+    top = members[-1]  # the study, or the suite
     if rerun_failed:
         for sid, state in states.items():
             if state == store.FAILED:
                 store.clear_error(store.stage_dir(out_root, sid))
-        states = current_states(plan, out_root)
-    study_dir.mkdir(parents=True, exist_ok=True)
-    store.write_json_atomic(study_dir / RUN_INFO, {
-        "study": plan.study.name, "study_file": str(plan.study.source or ""), "profile": plan.profile.name,
-        "profile_file": str(plan.profile.source or ""), "out_root": str(out_root), "started_at": time.strftime("%c"),
-        "seeds": list(plan.study.seeds), "seed_count": len(plan.study.seeds)})
-    tracker.backfill(states)  # runs a killed driver left RUNNING are brought in line with the store
-    view = LiveView(plan, states, console=console, out_root=out_root)
-    outcome = Outcome(study_dir, states, mlflow=tracker.info())
-    partial = PartialReport(lambda: _publish(plan, out_root, study_dir, outcome, tracker, final=False, console=console))
-    listeners = Listeners([tracker, view, partial], warn=lambda text: console.print(text, style="yellow"))
+        states = current_states(whole, out_root)
+    for member in members:
+        plan = member.plan
+        member.folder.mkdir(parents=True, exist_ok=True)
+        record = {"study": plan.study.name, "study_file": str(plan.study.source or ""), "profile": plan.profile.name,
+                  "profile_file": str(plan.profile.source or ""), "out_root": str(out_root),
+                  "started_at": time.strftime("%c"), "seeds": list(plan.study.seeds),
+                  "seed_count": len(plan.study.seeds)}
+        if suite is not None:
+            record.update(describe_suite(suite) if member is top else {"suite": suite.name})
+        store.write_json_atomic(member.folder / RUN_INFO, record)
+        member.tracker.backfill({sid: states[sid] for sid in plan.stages})  # runs a killed driver left RUNNING
+    view = LiveView(whole, states, console=console, out_root=out_root)
+    outcome = top.outcome
+    outcome.states = states
+    if suite is not None:
+        outcome.studies = [m.outcome for m in members[:-1]]
+
+    def publish(final: bool) -> None:
+        for member in members:
+            if final or member.changed:
+                member.changed = False
+                member.outcome.states = {sid: store.state(out_root, sid) for sid in member.plan.stages} \
+                    if member is not top else outcome.states
+                _publish(member, out_root, final=final, console=console,
+                         suite=(suite, members[:-1]) if suite is not None and member is top else None)
+
+    partial = PartialReport(lambda: publish(False))
+    listeners = Listeners([*(m.tracker for m in members), view, partial, *members],
+                          warn=lambda text: console.print(text, style="yellow"))
     try:
         with view, backend:
             wave = 0
-            while todo := runnable(plan, states):
+            while todo := runnable(whole, states):
                 wave += 1
-                backend.run_wave(wave, todo, dict(plan.stages), out_root=out_root, resources=plan.resources,
+                backend.run_wave(wave, todo, dict(whole.stages), out_root=out_root, resources=whole.resources,
                                  listeners=listeners)
                 outcome.ran += [s.id for s in todo]
                 if storage is not None:
                     storage.pull_records(out_root, [s.id for s in todo])
                 try:
-                    store.check_writable(store.stages_root(out_root), study_dir)
+                    store.check_writable(store.stages_root(out_root), *(m.folder for m in members))
                 except OSError as e:  # a full disk fails every stage alike, also one whose worker died without a word
                     if store.storage_error(e) is not None:
                         for stage in todo:  # not the stages' failures: pending again, their error kept beside
@@ -135,25 +208,38 @@ def _run_study(plan: Plan, out_root: Path, *, backend: Backend, rerun_failed: bo
                     if could_run and store.state(out_root, stage.id) == store.PENDING:
                         store.write_error(store.stage_dir(out_root, stage.id),
                                           "the trial ended without a result or an error")
-                states = current_states(plan, out_root)
+                states = current_states(whole, out_root)
+                outcome.states = states
                 view.states = dict(states)
-                if runnable(plan, states):  # another wave follows: show what is done meanwhile, at the usual pace
+                if runnable(whole, states):  # another wave follows: show what is done meanwhile, at the usual pace
                     partial.when_due()
     except (Interrupted, KeyboardInterrupt):
         outcome.interrupted = True
-        outcome.states = current_states(plan, out_root)
-        _publish(plan, out_root, study_dir, outcome, tracker, final=True, console=console)
-        _tracking(console, tracker.close, "KILLED")
+        outcome.states = current_states(whole, out_root)
+        _finish(members, outcome, publish, console, "KILLED")
         return outcome
     except BaseException:
-        _tracking(console, tracker.close, "FAILED", quiet=True)  # the error that stopped the study is the news
+        for member in members:
+            _tracking(console, member.tracker.close, "FAILED", quiet=True)  # the error that stopped it is the news
         raise
-    outcome.states = current_states(plan, out_root)
-    _publish(plan, out_root, study_dir, outcome, tracker, final=True, console=console)
-    failed = outcome.count(store.FAILED) + outcome.count(store.BLOCKED)
-    _tracking(console, tracker.log_study_metrics, {k: outcome.count(k) for k in (store.DONE, store.FAILED, store.BLOCKED)})
-    _tracking(console, tracker.close, "FAILED" if failed else "FINISHED")
+    outcome.states = current_states(whole, out_root)
+    _finish(members, outcome, publish, console, None)
     return outcome
+
+
+def _finish(members: list[Member], outcome: Outcome, publish: Callable[[bool], None], console: Console,
+            status: str | None) -> None:
+    """The final tables and reports, then each member's parent run ended: `status`, or FINISHED
+    unless a stage of it failed or is blocked."""
+    publish(True)
+    for member in members:
+        member.outcome.interrupted = outcome.interrupted
+        member.outcome.ran = [sid for sid in outcome.ran if sid in member.plan.stages]
+        counts = {k: member.outcome.count(k) for k in (store.DONE, store.FAILED, store.BLOCKED)}
+        if status is None:
+            _tracking(console, member.tracker.log_study_metrics, counts)
+        failed = counts[store.FAILED] + counts[store.BLOCKED]
+        _tracking(console, member.tracker.close, status or ("FAILED" if failed else "FINISHED"))
 
 
 def _tracking(console: Console, call, *args, quiet: bool = False) -> None:
@@ -194,23 +280,31 @@ class PartialReport:
     def stage_retrying(self, stage_id: str, error: str) -> None: ...
 
 
-def _publish(plan: Plan, out_root: Path, study_dir: Path, outcome: Outcome, tracker: StudyTracker, *, final: bool,
-             console: Console) -> None:
-    """results.csv, history.csv and the report; at the end also onto the parent run."""
-    table, history = results.write_tables(plan, out_root, study_dir)
+def _publish(member: Member, out_root: Path, *, final: bool, console: Console,
+             suite: tuple[Suite, list[Member]] | None = None) -> None:
+    """results.csv, history.csv and the report (the suite's: the combined report over its
+    studies); at the end also onto the parent run."""
+    plan, folder, outcome, tracker = member.plan, member.folder, member.outcome, member.tracker
+    table, history = results.write_tables(plan, out_root, folder)
     outcome.mlflow = tracker.info()
-    info = store.read_json(study_dir / RUN_INFO) or {}
-    store.write_json_atomic(study_dir / RUN_INFO, {**info, "mlflow": outcome.mlflow})
+    info = store.read_json(folder / RUN_INFO) or {}
+    store.write_json_atomic(folder / RUN_INFO, {**info, "mlflow": outcome.mlflow})
     try:
-        outcome.report = results.write_report(plan, out_root, study_dir, table, history, mlflow=outcome.mlflow)
+        if suite is None:
+            outcome.report = results.write_report(plan, out_root, folder, table, history, mlflow=outcome.mlflow)
+        else:
+            spec, studies = suite
+            outcome.report = results.write_suite_report(spec, [m.plan for m in studies], out_root, folder,
+                                                         mlflow=outcome.mlflow)
     except Exception as e:  # noqa: BLE001 - a figure bug must not lose the study's results
-        console.print(f"warning: the report could not be drawn ({type(e).__name__}: {e})", style="yellow")
+        console.print(f"warning: the report of {plan.study.name} could not be drawn ({type(e).__name__}: {e})",
+                      style="yellow")
     if final:
-        paths = [study_dir / results.RESULTS, study_dir / results.HISTORY]
+        paths = [folder / results.RESULTS, folder / results.HISTORY]
         if outcome.report is not None:
             paths.append(Path(outcome.report) if Path(outcome.report).is_dir() else Path(outcome.report).parent)
         for source in (plan.study.source, plan.profile.source):
-            if source is not None:
+            if source is not None and Path(source).is_file():
                 paths.append(Path(source))
         _tracking(console, tracker.log_study_artifacts, paths)
         _tracking(console, tracker.log_study_summary, table)

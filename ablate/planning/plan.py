@@ -441,3 +441,33 @@ def _resolved(configs: Mapping[str, BaseModel], key: str) -> Any:
     value = getattr(configs[section], name)
     return list(value) if isinstance(value, tuple) else value
 
+
+
+def union(name: str, plans: list[Plan], description: str = "", source: Path | None = None) -> Plan:
+    """Several studies' plans as one (a suite): every stage once (a stage two studies share is one
+    stage), parents before children, and every arm run under `<study>/<arm>`. The studies must run at
+    one profile on one pool of trials: the same resources. Raises StudyError naming the study
+    whose resources differ."""
+    first = plans[0]
+    kinds = [p.resources for p in plans]
+    usual = max(kinds, key=kinds.count)  # the odd one out is named: the most common resources are the suite's
+    for other in plans:
+        if other.resources != usual:
+            model = plans[kinds.index(usual)]
+            raise StudyError(other.study.source, "resources",
+                             f"a suite runs its studies as one pool of trials, so they take the same resources: "
+                             f"{other.resources.describe(other.resources.workers)} here, "
+                             f"{usual.describe(usual.workers)} in {model.study.source or model.study.name}; "
+                             f"give them the same `resources` (or none)")
+    stages: dict[str, Stage] = {}
+    for p in plans:  # each plan lists parents first; a parent another plan listed is earlier still
+        for sid, stage in p.stages.items():
+            stages.setdefault(sid, stage)
+    runs = tuple(ArmRun(f"{p.study.name}/{r.arm}", r.seed, r.axes, r.stages, r.candidates) for p in plans
+                 for r in p.runs)
+    evaluations = list(dict.fromkeys(e for p in plans for e in p.study.evaluations))
+    seeds = sorted({s for p in plans for s in p.study.seeds})
+    # Not validated again: its studies were (a suite with partial fine-tuning in some study has no blocks of its own).
+    study = Study.model_construct(name=name, description=description, evaluations=evaluations, seeds=seeds)
+    study._source = Path(source) if source is not None else None
+    return Plan(study, first.profile, runs, stages, usual)

@@ -17,6 +17,7 @@ import pandas as pd
 import dashboards
 from ablate.execution import store
 from ablate.planning.plan import ArmRun, Plan
+from ablate.spec.suite import Suite
 from core.files import replacing, write_text
 from dashboards.contract import DONE, FAILED, HISTORY_COLUMNS, KEYS, METRICS, PENDING, MlflowLinks, Status, StudyInfo
 
@@ -189,3 +190,32 @@ def _inputs_digest(plan: Plan, study: StudyInfo, results: pd.DataFrame, history:
 
 def _hashable(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
+
+
+def write_suite_report(suite: Suite, plans: list[Plan], out_root: Path, folder: Path, mlflow: dict | None = None,
+                       *, force: bool = False) -> Path:
+    """The combined report of a suite into `<suite folder>/report/`, from each study's results
+    (rebuilt from the stage store) and the figures of each study's own report, which is written
+    first. Not drawn again when nothing it is drawn from changed (unless `force`)."""
+    from dashboards.suite import SuiteStudy
+    from dashboards.suite import write_suite_report as dashboards_suite
+
+    studies = [SuiteStudy(study_info(p), results_table(p, out_root), list(p.study.figures), list(p.study.tables),
+                          store.study_dir(out_root, p.study.name) / REPORT) for p in plans]
+    report = folder / REPORT
+    h = hashlib.sha256(json.dumps([suite.name, suite.description, plans[0].profile.name, mlflow], sort_keys=True,
+                                  default=str).encode())
+    for s in studies:
+        h.update(s.results.to_csv(index=False).encode() + repr(s.info).encode())
+        stamp = s.report_dir / INPUTS_DIGEST  # the study's figures, as last drawn
+        h.update(stamp.read_bytes() if stamp.is_file() else b"-")
+    for source in sorted([*DASHBOARDS.glob("*.py"), *DASHBOARDS.glob("*.yaml")]):
+        h.update(source.read_bytes())
+    digest = h.hexdigest()
+    page, stamp = report / "report.html", report / INPUTS_DIGEST
+    if not force and page.is_file() and stamp.is_file() and stamp.read_text() == digest:
+        return page
+    path = dashboards_suite(report, name=suite.name, description=suite.description, profile=plans[0].profile.name,
+                            studies=studies, mlflow=MlflowLinks.from_mapping(mlflow))
+    write_text(stamp, digest)
+    return path

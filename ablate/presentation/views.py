@@ -14,6 +14,7 @@ from ablate.execution.runner import Outcome, current_states
 from ablate.planning.cost import estimate
 from ablate.planning.plan import Plan
 from ablate.presentation.results import RESULTS
+from ablate.spec.suite import Suite
 
 
 def duration(seconds: float | None) -> str:
@@ -220,15 +221,24 @@ def outcome_summary(plan: Plan, outcome: Outcome, console: Console, *, resume: s
     console.print(f"{plan.study.name}: {counts[store.DONE]}/{len(states)} stages done ({len(outcome.ran)} run now, "
                   f"{max(reused, 0)} already done), {counts[store.FAILED]} failed, {counts[store.BLOCKED]} blocked, "
                   f"{counts[store.PENDING]} pending")
-    for sid, state in states.items():
-        if state == store.FAILED:
-            console.print(f"  failed {sid}: {store.error_line(Path(outcome.study_dir).parent, sid)}")
+    _failed_lines(outcome, console)
     console.print(f"results: {Path(outcome.study_dir) / RESULTS}")
     if outcome.report is not None:
         console.print(f"report: {outcome.report}")
     if outcome.mlflow:
         console.print(f"MLflow: {outcome.mlflow['tracking_uri']} (experiment {outcome.mlflow['experiment_name']!r}); "
                       f"browse with: ablate ui {plan.study.source or plan.study.name}")
+    return _exit_status(outcome, counts, console, resume)
+
+
+def _failed_lines(outcome: Outcome, console: Console) -> None:
+    for sid, state in outcome.states.items():
+        if state == store.FAILED:
+            console.print(f"  failed {sid}: {store.error_line(Path(outcome.study_dir).parent, sid)}")
+
+
+def _exit_status(outcome: Outcome, counts: dict[str, int], console: Console, resume: str) -> int:
+    """130 interrupted (and how to resume), 1 some stage failed or is blocked (and how to retry), else 0."""
     if outcome.interrupted:
         console.print(f"interrupted: finished stages are kept and cut ones continue from their checkpoints. "
                       f"Resume with: {resume}")
@@ -237,3 +247,42 @@ def outcome_summary(plan: Plan, outcome: Outcome, console: Console, *, resume: s
         console.print(f"some stages failed (see error.txt in their folders); retry them with: {resume} --rerun-failed")
         return 1
     return 0
+
+
+def suite_summary(suite: Suite, plans: list[Plan], outcome: Outcome, console: Console, *, resume: str) -> int:
+    """How a suite's run ended: a line per study, then the suite's stages, the paper's findings
+    tallied and the combined report; returns the exit status (0 all done, 1 some failed)."""
+    for plan, own in zip(plans, outcome.studies):
+        counts = {s: list(own.states.values()).count(s) for s in (store.DONE, store.FAILED, store.BLOCKED)}
+        failed = f", {counts[store.FAILED]} failed" if counts[store.FAILED] else ""
+        blocked = f", {counts[store.BLOCKED]} blocked" if counts[store.BLOCKED] else ""
+        console.print(f"  {plan.study.name}: {counts[store.DONE]}/{len(own.states)} stages done{failed}{blocked}; "
+                      f"report: {own.report or 'not drawn'}")
+    states = outcome.states
+    counts = {s: list(states.values()).count(s) for s in (store.DONE, store.FAILED, store.BLOCKED, store.PENDING)}
+    ran = sum(1 for sid in outcome.ran if states.get(sid) == store.DONE)
+    console.print(f"{suite.name}: {len(plans)} studies, {counts[store.DONE]}/{len(states)} distinct stages done "
+                  f"({ran} run now, {max(counts[store.DONE] - ran, 0)} already done), {counts[store.FAILED]} failed, "
+                  f"{counts[store.BLOCKED]} blocked, {counts[store.PENDING]} pending")
+    _failed_lines(outcome, console)
+    if outcome.report is not None:
+        console.print(f"{claims_tally(Path(outcome.report).parent)}; combined report: {outcome.report}")
+    if outcome.mlflow:
+        console.print(f"MLflow: {outcome.mlflow['tracking_uri']} (experiment {outcome.mlflow['experiment_name']!r}: "
+                      f"every stage of every study; each study also has its own experiment)")
+    return _exit_status(outcome, counts, console, resume)
+
+
+def claims_tally(report_dir: Path) -> str:
+    """'the paper's findings: 4 reproduced, 1 not reproduced, 5 inconclusive (of 10)', from the
+    combined report's claims table."""
+    import csv
+
+    path = Path(report_dir) / "tables" / "claims.csv"
+    if not path.is_file():
+        return "the paper's findings: not judged"
+    with path.open(newline="") as handle:
+        verdicts = [row["verdict"] for row in csv.DictReader(handle)]
+    words = ("reproduced", "not reproduced", "inconclusive")
+    return ("the paper's findings: " + ", ".join(f"{verdicts.count(w)} {w}" for w in words)
+            + f" (of {len(verdicts)})")

@@ -22,6 +22,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +38,8 @@ METRIC_BATCH = 1000
 PARENT_ROLE, CHILD_ROLE = "study", "stage"
 # Per-epoch metric names as logged: a stage's run holds one stage, so most keep core's name; the
 # pre-training loss gets the stable name the results table uses.
+SUMMARY = "summary.json"  # the parent run's table: per arm, each metric's mean and interval over seeds
+LOGGED_ARTIFACTS = "mlflow.loggedArtifacts"  # the tag that lists a run's tables (mlflow.utils.mlflow_tags)
 RENAME = {"pretrain": {"loss": "pretrain_loss"}}
 END_STATUS = {store.DONE: "FINISHED", store.FAILED: "FAILED"}
 LEFT_OPEN = ("RUNNING", "KILLED")  # a run its driver did not end (killed), or ended as interrupted
@@ -377,18 +380,24 @@ class StudyTracker:
         return added
 
     # ------------------------------------------------------------------------- listener
+    # A suite's trackers all listen to its one backend: each follows the stages of its own plan.
     def wave_started(self, wave: int, stage_ids) -> None:
         pass
 
     def stage_started(self, stage_id: str) -> None:
+        if stage_id not in self.plan.stages:
+            return
         self._started.add(stage_id)
         run_id = self.child(stage_id)
         self.client.update_run(run_id, status="RUNNING")
 
     def stage_epoch(self, stage_id: str, metrics: dict[str, Any]) -> None:
-        self.follow(stage_id)  # the event says "look now"; the numbers come from the folder
+        if stage_id in self.plan.stages:
+            self.follow(stage_id)  # the event says "look now"; the numbers come from the folder
 
     def stage_retrying(self, stage_id: str, error: str) -> None:
+        if stage_id not in self.plan.stages:
+            return
         run_id = self.child(stage_id)
         self.follow(stage_id)  # the attempt that died may have recorded epochs it never reported
         run = self.client.get_run(run_id)
@@ -397,7 +406,8 @@ class StudyTracker:
         self.client.set_tag(run_id, "last_retry_error", _last_line(error)[:4000])
 
     def stage_ended(self, stage_id: str, state: str, error: str | None) -> None:
-        self._finish(stage_id, state, error)
+        if stage_id in self.plan.stages:
+            self._finish(stage_id, state, error)
 
     def stage_elsewhere(self, stage_id: str, owner: str) -> None:
         pass  # its run belongs to the driver that runs it; this one ends it when it is done
@@ -417,8 +427,19 @@ class StudyTracker:
         from dashboards.tables import aggregate
 
         summary = aggregate(results)
-        if len(summary):
-            self.client.log_table(self.parent_id, data=summary, artifact_file="summary.json")
+        if not len(summary):
+            return
+        # Written as MlflowClient.log_table writes a table, but replaced on every run: log_table
+        # appends to a table the run has already, so each resume would add the arms once more.
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / SUMMARY
+            summary.to_json(path, orient="split", index=False, date_format="iso")
+            self.client.log_artifact(self.parent_id, str(path))
+        run = self.client.get_run(self.parent_id)
+        logged = json.loads(run.data.tags.get(LOGGED_ARTIFACTS, "[]"))
+        if {"path": SUMMARY, "type": "table"} not in logged:  # the UI and mlflow.load_table find it as a table
+            self.client.set_tag(self.parent_id, LOGGED_ARTIFACTS,
+                                json.dumps([*logged, {"path": SUMMARY, "type": "table"}]))
 
     def log_study_metrics(self, counts: dict[str, int]) -> None:
         now = int(time.time() * 1000)
