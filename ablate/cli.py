@@ -302,14 +302,15 @@ def make_backend(name: BackendName, address: str | None, max_concurrent: int | N
 
 
 @app.command()
-def status(study: StudyArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT_OUT,
+def status(study: StudiesArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT_OUT,
            seeds: SeedsOpt = None) -> None:
     """Per-stage state from the stage store: done (and from which numerics version), failed (with the
-    error), blocked or pending; where each ran; this study's and the whole store's size, and what
-    `ablate clean` frees of each."""
+    error), blocked or pending; where each ran; this study's (or suite's: every distinct stage of its
+    studies) and the whole store's size, and what `ablate clean` frees of each."""
     from ablate.presentation.views import status_table
 
-    p = load(study, profile, out, seeds=seeds)
+    suite, plans = load_many(study, profile, out, seeds=seeds)
+    p = plans[0] if suite is None else union(suite.name, plans, suite.description, suite.source)
     crash.write_into(store.study_dir(out, p.study.name))
     status_table(p, out, _console())
 

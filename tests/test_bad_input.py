@@ -81,7 +81,7 @@ COMMANDS = {
                              ["unknown profile 'nope'", "available:", "tiny", "laptop"]),
     "missing profile file": (["run", "@STUDY", "--profile", "@DIR/nope.yaml"], "--profile:", ["no such profile file"]),
     "study file that does not exist": (["run", "@DIR/nope.yaml"], "@DIR/nope.yaml:", ["no such file"]),
-    "a folder as the study file": (["status", "@DIR"], "@DIR:", ["a study is a .yaml file"]),
+    "a folder as the study file": (["validate", "@DIR"], "@DIR:", ["a study is a .yaml file"]),
     "a folder named like a study": (["run", "@DIR/folder.yaml"], "@DIR/folder.yaml:",
                                     ["a folder of studies holds .yaml study files; this one has none"]),
     "a folder of studies without one": (["run", "@DIR/taken"], "@DIR/taken:", ["this one has none"]),

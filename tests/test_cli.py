@@ -1,6 +1,7 @@
 """The CLI in-process (typer's CliRunner): help, plan, status, ui, report; nothing run, nothing written."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -287,3 +288,33 @@ def test_search_reports_the_candidate_best_on_validation(project):
     row = pd.read_csv(out / "search" / "results.csv").iloc[0]
     assert row["status"] == "done" and row["ft_top1"] == 60.0 and row["search_metric"] == 70.0
     assert row["search_value"] == p.stages[run.candidates["finetune"][1]].config["finetune"]["blr"]
+
+
+def test_the_live_views_time_left_is_the_estimates_scaled_by_what_finished_over_the_trials_at_once(project):
+    """ablate/presentation/progress.py TimeLeft against a naive sum: the planner's estimate of each stage
+    still to run (less what a running one has done), scaled by finished stages' actual/estimated
+    seconds, over the most trials seen at once (before any: as many as fit here)."""
+    from ablate.planning.cost import estimate, parallel_trials
+    from ablate.presentation.progress import LiveView, TimeLeft
+
+    p = plan(load_study(project / "cli.yaml"), load_profile("tiny", project / "cli.yaml"))
+    expected = {sid: estimate(stage, p.profile).seconds for sid, stage in p.stages.items()}
+    assert all(e and e > 0 for e in expected.values())
+    states = {sid: store.PENDING for sid in p.stages}
+    left = TimeLeft(p)
+    assert left.seconds(states, {}) == pytest.approx(sum(expected.values()) / parallel_trials(p))
+
+    first, second, *rest = p.stages  # two pre-trainings: one took three times its estimate
+    states[first] = store.DONE
+    left.ended(first, 3 * expected[first])
+    running = {second: expected[second]}  # running for as long as its estimate, 3x that expected
+    naive = (3 * expected[second] - expected[second]) + sum(3 * expected[sid] for sid in rest)
+    assert left.seconds(states, running) == pytest.approx(naive / 1)  # one trial seen running at once
+    left.seconds(states, {second: 0.0, rest[0]: 0.0})  # two at once from now on
+    assert left.seconds(states, running) == pytest.approx(naive / 2)
+    assert left.seconds({sid: store.DONE for sid in p.stages}, {}) == 0
+
+    view = LiveView(p, {sid: store.PENDING for sid in p.stages}, live=False)
+    assert view.summary().endswith("min left") or view.summary().endswith("under 2 min left")
+    unmeasured = dataclasses.replace(p, profile=p.profile.model_copy(update={"throughput": {}}))  # no speed given
+    assert TimeLeft(unmeasured).seconds({sid: store.PENDING for sid in p.stages}, {}) is None

@@ -145,8 +145,11 @@ def test_an_interrupted_suite_resumes_and_its_report_is_drawn_from_what_is_done(
     arms_done = re.search(r"(\d) of 4 arms done", page)
     assert arms_done and int(arms_done.group(1)) < 4
 
-    # `ablate report` redraws the combined report at any time, from what is done.
+    # `ablate status` and `ablate report` of the suite at any time, from what is done.
     monkeypatch.undo()
+    status = ablate("status", str(folder), "--out", str(out))
+    assert status.exit_code == 0, status.output
+    assert f"{len(done)} done, 0 failed, 0 blocked, {len(whole.stages) - len(done)} pending of 6 stages" in status.output
     drawn = ablate("report", str(folder), "--out", str(out))
     assert drawn.exit_code == 0, drawn.output
     assert "studies: combined report" in drawn.output and "(2 of 2 studies have results)" in drawn.output

@@ -9,12 +9,14 @@ time), a single-worker stage at one worker's speed.
 """
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from core.config import ModelConfig
 from core.data_files import carve, test_file_images, train_file_images
-from ablate.planning.plan import Stage
+from ablate.planning.plan import Plan, Stage
 from ablate.spec.profiles import Profile
 
 # An image folder that is not on this machine (a cluster's data) is costed as ImageNet-1K.
@@ -88,3 +90,12 @@ def estimate(stage: Stage, profile: Profile) -> Cost:
         flops = epochs * (seen * forward * (1 + BACKWARD * tuned) + val * forward) + test * forward
     rate = flops_per_second(profile, m["variant"])
     return Cost(images, flops / (rate * stage.workers) if rate else None)
+
+
+def parallel_trials(plan: Plan, workers: int = 1) -> int:
+    """Trials of `workers` workers at once on this machine (gpu trials: on one GPU, as fractions
+    allow; a data-parallel trial whose workers need more than the machine has counts as one)."""
+    r = plan.resources
+    if r.gpu > 0:
+        return max(1, math.floor(1 / (r.gpu * workers) + 1e-9))
+    return max(1, math.floor(len(os.sched_getaffinity(0)) / (r.cpu * workers) + 1e-9))

@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ablate.execution import store
+from ablate.planning.cost import estimate, parallel_trials
 from ablate.planning.plan import Plan
 
 PLAIN_EVERY_S = 10.0  # plain output: at most one epoch line per stage this often (and the last epoch)
@@ -19,6 +20,46 @@ PLAIN_EVERY_S = 10.0  # plain output: at most one epoch line per stage this ofte
 # Fine-tuning reads the test split at its last epoch only: before that its validation accuracy.
 HEADLINE = {"pretrain": ("loss",), "linear_probe": ("lin_top1",), "finetune": ("ft_top1", "ft_val_top1"),
             "partial_finetune": ("ft_top1", "ft_val_top1"), "scratch": ("ft_top1", "ft_val_top1")}
+
+
+class TimeLeft:
+    """The run's time left: the planner's cost estimate of each stage still to run (ablate/planning/cost.py),
+    scaled by how long the stages this run finished took against their own estimates, over the
+    trials that run at once (the most seen running so far; before any, as many as fit on this
+    machine). None when the profile has no measured speed for a stage's model."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.estimates = {sid: estimate(stage, plan.profile).seconds for sid, stage in plan.stages.items()}
+        self.slots = parallel_trials(plan)
+        self.seen_at_once = 0
+        self.spent = self.expected = 0.0  # seconds the finished stages took, and their estimates
+
+    def ended(self, stage_id: str, seconds: float) -> None:
+        expected = self.estimates.get(stage_id)
+        if expected:
+            self.spent, self.expected = self.spent + seconds, self.expected + expected
+
+    def seconds(self, states: dict[str, str], running: dict[str, float]) -> float | None:
+        """Seconds left, given each stage's state and the running ones' seconds so far."""
+        self.seen_at_once = max(self.seen_at_once, len(running))
+        scale = self.spent / self.expected if self.expected > 0 else 1.0
+        left = 0.0
+        for sid, state in states.items():
+            if state != store.PENDING:
+                continue
+            expected = self.estimates.get(sid)
+            if expected is None:
+                return None
+            left += max(expected * scale - running.get(sid, 0.0), 0.0)
+        return left / max(self.seen_at_once or self.slots, 1)
+
+
+def left_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "time left unknown"
+    if seconds < 90:
+        return "under 2 min left"
+    return f"about {seconds / 60:.0f} min left" if seconds < 5400 else f"about {seconds / 3600:.1f} h left"
 
 
 def stage_label(plan: Plan, stage_id: str) -> str:
@@ -42,6 +83,7 @@ class LiveView:
         self.wave = 0
         self.started = time.time()
         self._live: Live | None = None
+        self.time_left = TimeLeft(plan)
 
     # ------------------------------------------------------------------------- lifecycle
     def __enter__(self) -> LiveView:
@@ -74,6 +116,10 @@ class LiveView:
                  f"{c['pending']} pending"]
         if c["blocked"]:
             parts.append(f"{c['blocked']} blocked")
+        if c["pending"] or c["running"]:
+            now = time.time()
+            running = {sid: now - info["since"] for sid, info in self.running.items()}
+            parts.append(left_text(self.time_left.seconds(self.states, running)))
         return ", ".join(parts)
 
     def render(self) -> Group:
@@ -126,7 +172,9 @@ class LiveView:
 
     def stage_ended(self, stage_id: str, state: str, error: str | None) -> None:
         self._show_warnings(stage_id)
-        self.running.pop(stage_id, None)
+        info = self.running.pop(stage_id, None)
+        if info is not None and state == store.DONE:
+            self.time_left.ended(stage_id, time.time() - info["since"])
         self.states[stage_id] = state
         if state == store.FAILED:
             self._say(f"FAILED  {stage_label(self.plan, stage_id)} ({stage_id}): {error or 'see error.txt'}")

@@ -1,8 +1,6 @@
 """What the CLI prints: the plan's stage table with costs, the stage store's status, a run's outcome."""
 from __future__ import annotations
 
-import math
-import os
 import time
 from pathlib import Path
 
@@ -11,7 +9,7 @@ from rich.table import Table
 
 from ablate.execution import lease, store
 from ablate.execution.runner import Outcome, current_states
-from ablate.planning.cost import estimate
+from ablate.planning.cost import estimate, parallel_trials
 from ablate.planning.plan import Plan
 from ablate.presentation.results import RESULTS
 from ablate.spec.suite import Suite
@@ -21,15 +19,6 @@ def duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
     return f"{seconds / 60:.1f} min" if seconds < 6000 else f"{seconds / 3600:,.1f} h"
-
-
-def parallel_trials(plan: Plan, workers: int = 1) -> int:
-    """Trials of `workers` workers at once on this machine (gpu trials: on one GPU, as fractions
-    allow; a data-parallel trial whose workers need more than the machine has counts as one)."""
-    r = plan.resources
-    if r.gpu > 0:
-        return max(1, math.floor(1 / (r.gpu * workers) + 1e-9))
-    return max(1, math.floor(len(os.sched_getaffinity(0)) / (r.cpu * workers) + 1e-9))
 
 
 def resources_summary(plan: Plan) -> str:
