@@ -316,34 +316,38 @@ def status(study: StudiesArg, profile: ProfileOpt = None, out: OutOpt = store.DE
 
 
 @app.command()
-def ui(study: StudyArg, out: OutOpt = store.DEFAULT_OUT,
+def ui(study: StudiesArg, out: OutOpt = store.DEFAULT_OUT,
        port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000) -> None:
-    """Open the study's MLflow UI (mlflow ui on 127.0.0.1)."""
+    """Open the study's MLflow UI (mlflow ui on 127.0.0.1); for a suite, its experiment of every
+    stage of every study."""
     with bad_input():
-        s = load_study(study)
+        suite = load_suite(study)
+        s = load_study(study[0]) if suite is None else None
     from ablate.execution.runner import last_run
 
-    tracked = last_run(store.study_dir(out, s.name)).get("mlflow") or {}
-    uri = tracked.get("tracking_uri") or s.tracking.uri  # where its last run logged (--tracking-uri), else the file's
+    name = s.name if s is not None else suite.name
+    tracked = last_run(store.study_dir(out, name)).get("mlflow") or {}
+    # where its last run logged (--tracking-uri), else the study file's
+    uri = tracked.get("tracking_uri") or (s.tracking.uri if s is not None else None)
     if uri and uri.startswith(("http://", "https://")):
         where = f"{uri.rstrip('/')}/#/experiments/{tracked['experiment_id']}" if tracked.get("experiment_id") else uri
-        typer.echo(f"{s.name} is tracked on the MLflow server {uri}; open {where}")
+        typer.echo(f"{name} is tracked on the MLflow server {uri}; open {where}")
         return
     if uri and uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///")).resolve()
     elif uri:
-        typer.echo(f"{s.name} is tracked in {uri}; run `mlflow ui --backend-store-uri {uri}`")
+        typer.echo(f"{name} is tracked in {uri}; run `mlflow ui --backend-store-uri {uri}`")
         return
     else:  # the default: in the study folder, or on this machine's disk when that folder is on a network mount
         from ablate.tracking.tracker import default_uri
 
-        db = Path(default_uri(store.study_dir(out, s.name)).removeprefix("sqlite:///"))
+        db = Path(default_uri(store.study_dir(out, name)).removeprefix("sqlite:///"))
     if not db.is_file():
-        typer.echo(f"no MLflow database at {db}; run the study first: ablate run {study}", err=True)
+        typer.echo(f"no MLflow database at {db}; run the study first: ablate run {' '.join(map(str, study))}", err=True)
         raise typer.Exit(EXIT_FAILED)
     mlflow = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
     command = [mlflow, "ui", "--backend-store-uri", f"sqlite:///{db}", "--host", "127.0.0.1", "--port", str(port)]
-    typer.echo(f"MLflow UI for {s.name} on http://127.0.0.1:{port} (Ctrl-C to stop): {' '.join(command)}")
+    typer.echo(f"MLflow UI for {name} on http://127.0.0.1:{port} (Ctrl-C to stop): {' '.join(command)}")
     experiment_id = tracked.get("experiment_id")
     if experiment_id is not None:
         typer.echo(f"study experiment: http://127.0.0.1:{port}/#/experiments/{experiment_id}")

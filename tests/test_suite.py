@@ -71,7 +71,8 @@ def child_runs(out: Path, experiment: str) -> list[dict]:
     return [r for r in runs if r["role"] == "stage"]
 
 
-def test_a_folder_of_studies_runs_as_one_pool_with_each_studys_report_and_the_suites(tmp_path, ray_session):
+def test_a_folder_of_studies_runs_as_one_pool_with_each_studys_report_and_the_suites(tmp_path, ray_session,
+                                                                                      monkeypatch):
     folder = project(tmp_path)
     out = tmp_path / "runs"
     plans = plans_of(folder, seeds=1)
@@ -121,6 +122,10 @@ def test_a_folder_of_studies_runs_as_one_pool_with_each_studys_report_and_the_su
     assert "6/6 distinct stages done (0 run now, 6 already done)" in again.output
     assert stamps(tmp_path, whole.stages) == before
     assert len(child_runs(out, "studies")) == 6
+    calls = []  # `ablate ui studies/`: the suite's experiment, where every stage of every study is
+    monkeypatch.setattr("subprocess.run", lambda command, check: calls.append(command))
+    opened = ablate("ui", str(folder), "--out", str(out))
+    assert opened.exit_code == 0 and calls[0][3] == f"sqlite:///{(out / 'studies' / 'mlflow.db').resolve()}", opened.output
     client = mlflow_client(tmp_path, "masking_ratio")
     parent = next(r for r in mlflow_runs(tmp_path, "masking_ratio") if r["role"] == "study")
     summary = Path(client.download_artifacts(parent["id"], "summary.json", str(tmp_path)))
