@@ -177,8 +177,7 @@ def _run(plans: list[Plan], suite: Suite | None, out_root: Path, *, backend: Bac
         for member in members:
             if final or member.changed:
                 member.changed = False
-                member.outcome.states = {sid: store.state(out_root, sid) for sid in member.plan.stages} \
-                    if member is not top else outcome.states
+                member.outcome.states = {sid: outcome.states[sid] for sid in member.plan.stages}
                 _publish(member, out_root, final=final, console=console,
                          suite=(suite, members[:-1]) if suite is not None and member is top else None)
 
