@@ -167,12 +167,16 @@ def write_suite_report(out_dir: Path | str, *, name: str, description: str, prof
     drawn = [s.results.assign(arm=s.info.name + "/" + s.results["arm"].astype(str)) for s in ordered
              if len(s.results) and "arm" in s.results]  # arms of two studies may share a name
     every = pd.concat(drawn, ignore_index=True) if drawn else pd.DataFrame()
-    contents = "".join(f'<li>{_link("#" + anchors[s.info.name], section_of(s)[1])} ({html.escape(s.info.name)})</li>'
-                       for s in ordered)
+    captions: dict[str, str] = {}
+    for s in ordered:  # a second study under the same paper item (the quickstart's Figure 5) is named in its title
+        caption = section_of(s)[1]
+        captions[s.info.name] = f"{caption} ({s.info.name})" if caption in captions.values() else caption
+    contents = "".join(f'<li>{_link("#" + anchors[s.info.name], captions[s.info.name])} '
+                       f"({html.escape(s.info.name)})</li>" for s in ordered)
     sections = []
     for study in ordered:
         try:
-            sections.append(_study_section(study, section_of(study)[1], anchors[study.info.name], out_dir))
+            sections.append(_study_section(study, captions[study.info.name], anchors[study.info.name], out_dir))
         except Exception as exc:  # noqa: BLE001 - one study that cannot be shown must not hide the others
             sections.append(f'<h2 id="{anchors[study.info.name]}">{html.escape(study.info.name)}</h2>'
                             f"{_error(study.info.name, exc)}")
