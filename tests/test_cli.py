@@ -310,11 +310,25 @@ def test_the_live_views_time_left_is_the_estimates_scaled_by_what_finished_over_
     running = {second: expected[second]}  # running for as long as its estimate, 3x that expected
     naive = (3 * expected[second] - expected[second]) + sum(3 * expected[sid] for sid in rest)
     assert left.seconds(states, running) == pytest.approx(naive / 1)  # one trial seen running at once
-    left.seconds(states, {second: 0.0, rest[0]: 0.0})  # two at once from now on
+    left.running(2)  # two at once from now on
+    assert left.seconds(states, running) == pytest.approx(naive / 2)
+    # Each kind is scaled by its own finished stages (a kind none of whose stages finished: by all of
+    # them): a probe that took its estimate leaves the other probes at 1x, pre-trainings at 3x.
+    probe = next(sid for sid in rest if p.stages[sid].kind == "linear_probe")
+    states[probe] = store.DONE
+    left.ended(probe, expected[probe])
+    pooled = (3 * expected[first] + expected[probe]) / (expected[first] + expected[probe])
+    scale = {"pretrain": 3.0, "linear_probe": 1.0, "finetune": pooled}
+    naive = sum(scale[p.stages[sid].kind] * expected[sid] for sid in rest if sid != probe)
+    naive += 3 * expected[second] - expected[second]
     assert left.seconds(states, running) == pytest.approx(naive / 2)
     assert left.seconds({sid: store.DONE for sid in p.stages}, {}) == 0
 
     view = LiveView(p, {sid: store.PENDING for sid in p.stages}, live=False)
+    view.stage_started(first)
+    view.stage_started(second)
+    view.stage_ended(first, store.DONE, None)
+    assert view.time_left.seen_at_once == 2  # the trials that ran at once, not those left when one ends
     assert view.summary().endswith("min left") or view.summary().endswith("under 2 min left")
     unmeasured = dataclasses.replace(p, profile=p.profile.model_copy(update={"throughput": {}}))  # no speed given
     assert TimeLeft(unmeasured).seconds({sid: store.PENDING for sid in p.stages}, {}) is None

@@ -24,25 +24,38 @@ HEADLINE = {"pretrain": ("loss",), "linear_probe": ("lin_top1",), "finetune": ("
 
 class TimeLeft:
     """The run's time left: the planner's cost estimate of each stage still to run (ablate/planning/cost.py),
-    scaled by how long the stages this run finished took against their own estimates, over the
-    trials that run at once (the most seen running so far; before any, as many as fit on this
-    machine). None when the profile has no measured speed for a stage's model."""
+    scaled by how long the stages of its kind this run finished took against their own estimates (of
+    any kind while none of its own has finished: the cost model is off by different factors for
+    pre-training and fine-tuning), over the trials that run at once (the most seen running so far;
+    before any, as many as fit on this machine). None when the profile has no measured speed for a
+    stage's model."""
 
     def __init__(self, plan: Plan) -> None:
         self.estimates = {sid: estimate(stage, plan.profile).seconds for sid, stage in plan.stages.items()}
+        self.kinds = {sid: stage.kind for sid, stage in plan.stages.items()}
         self.slots = parallel_trials(plan)
         self.seen_at_once = 0
-        self.spent = self.expected = 0.0  # seconds the finished stages took, and their estimates
+        self.spent: dict[str, float] = {}  # per stage kind: seconds its finished stages took
+        self.expected: dict[str, float] = {}  # and their estimates
+
+    def running(self, count: int) -> None:
+        self.seen_at_once = max(self.seen_at_once, count)
 
     def ended(self, stage_id: str, seconds: float) -> None:
-        expected = self.estimates.get(stage_id)
-        if expected:
-            self.spent, self.expected = self.spent + seconds, self.expected + expected
+        expected, kind = self.estimates.get(stage_id), self.kinds.get(stage_id)
+        if expected and kind:
+            self.spent[kind] = self.spent.get(kind, 0.0) + seconds
+            self.expected[kind] = self.expected.get(kind, 0.0) + expected
+
+    def scale(self, kind: str) -> float:
+        if self.expected.get(kind):
+            return self.spent[kind] / self.expected[kind]
+        total = sum(self.expected.values())
+        return sum(self.spent.values()) / total if total > 0 else 1.0
 
     def seconds(self, states: dict[str, str], running: dict[str, float]) -> float | None:
         """Seconds left, given each stage's state and the running ones' seconds so far."""
-        self.seen_at_once = max(self.seen_at_once, len(running))
-        scale = self.spent / self.expected if self.expected > 0 else 1.0
+        self.running(len(running))
         left = 0.0
         for sid, state in states.items():
             if state != store.PENDING:
@@ -50,7 +63,7 @@ class TimeLeft:
             expected = self.estimates.get(sid)
             if expected is None:
                 return None
-            left += max(expected * scale - running.get(sid, 0.0), 0.0)
+            left += max(expected * self.scale(self.kinds[sid]) - running.get(sid, 0.0), 0.0)
         return left / max(self.seen_at_once or self.slots, 1)
 
 
@@ -144,6 +157,7 @@ class LiveView:
 
     def stage_started(self, stage_id: str) -> None:
         self.running.setdefault(stage_id, {"since": time.time()})
+        self.time_left.running(len(self.running))
         if self._live is None:
             self._say(f"start   {stage_label(self.plan, stage_id)} ({stage_id})")
 
