@@ -80,7 +80,8 @@ def usage_line(e: Exception) -> str:
 
 app = typer.Typer(
     help="Run the ablation studies of Masked Autoencoders (He et al., 2021) on Ray Tune, tracked in MLflow. "
-         "A study file (studies/*.yaml) expands into arms and stages; rerunning `ablate run` resumes it.",
+         "A study file (studies/*.yaml) expands into arms and stages; a folder of them (studies/) runs as one "
+         "suite, with a combined report that judges the paper's findings; rerunning `ablate run` resumes it.",
     cls=OneLineUsage, no_args_is_help=True, add_completion=False, rich_markup_mode=None,
     pretty_exceptions_enable=False)
 
