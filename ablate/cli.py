@@ -154,21 +154,21 @@ def validate(study: StudyArg, profile: ProfileOpt = None, seeds: SeedsOpt = None
 
 
 def load_many(paths: list[Path], profile: str | None, out: Path | None = None, *, seeds: int | None = None
-              ) -> tuple[Suite | None, list[Plan]]:
-    """What `paths` name, planned: (None, [the plan]) for one study file, (the suite, a plan per study)
-    for a suite; bad input as one line (exit status 2). Given `out`, each study's profile and seed
-    count left out are those it last ran with."""
+              ) -> tuple[Suite | None, list[Plan], Plan]:
+    """What `paths` name, planned: (None, [the plan], the plan) for one study file; (the suite, a plan
+    per study, their union: ablate.planning.plan.union) for a suite. Bad input as one line (exit
+    status 2). Given `out`, each study's profile and seed count left out are those it last ran with."""
     with bad_input():
         suite = load_suite(paths)
     if suite is None:
-        return None, [load(paths[0], profile, out, seeds=seeds)]
+        one = load(paths[0], profile, out, seeds=seeds)
+        return None, [one], one
     plans = [load(path, profile, out, seeds=seeds, say=False) for path in suite.files]
-    with bad_input():
-        union(suite.name, plans)  # one pool of trials: the studies must take the same resources
-    profiles = list(dict.fromkeys(f"profile {p.profile.name}: {p.profile.description}" for p in plans))
-    for line in profiles:
+    with bad_input():  # one pool of trials: the studies must take the same resources
+        whole = union(suite.name, plans, suite.description, suite.source)
+    for line in dict.fromkeys(f"profile {p.profile.name}: {p.profile.description}" for p in plans):
         _console().print(line)
-    return suite, plans
+    return suite, plans, whole
 
 
 @app.command(name="plan")
@@ -178,7 +178,7 @@ def show_plan(study: StudiesArg, profile: ProfileOpt = None, out: OutOpt = store
     per study (shared stages counted once) and the whole suite's cost. Runs and writes nothing."""
     from ablate.presentation.views import plan_table, suite_table
 
-    suite, plans = load_many(study, profile, seeds=seeds)
+    suite, plans, _ = load_many(study, profile, seeds=seeds)
     if suite is not None:
         suite_table(plans, out, _console())
         return
@@ -233,11 +233,10 @@ def run(study: StudiesArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAU
         option = "--address" if address else "--max-concurrent"
         typer.echo(f"{option}: only for --backend ray (the serial backend runs one stage at a time, here)", err=True)
         raise typer.Exit(2)
-    suite, plans = load_many(study, profile, seeds=seeds)
-    name = suite.name if suite is not None else plans[0].study.name
+    suite, plans, p = load_many(study, profile, seeds=seeds)
+    name = p.study.name  # the study's, or the suite's
     crash.write_into(store.study_dir(out, name))
     with bad_input():  # before anything is written or started
-        p = plans[0] if suite is None else union(suite.name, plans, suite.description, suite.source)
         for folder in dict.fromkeys([*(q.study.name for q in plans), name]):
             preflight.check_output(out, folder)
         if address is None:  # on a cluster the trials read the data on their nodes
@@ -310,8 +309,7 @@ def status(study: StudiesArg, profile: ProfileOpt = None, out: OutOpt = store.DE
     studies) and the whole store's size, and what `ablate clean` frees of each."""
     from ablate.presentation.views import status_table
 
-    suite, plans = load_many(study, profile, out, seeds=seeds)
-    p = plans[0] if suite is None else union(suite.name, plans, suite.description, suite.source)
+    _, _, p = load_many(study, profile, out, seeds=seeds)
     crash.write_into(store.study_dir(out, p.study.name))
     status_table(p, out, _console())
 
@@ -369,8 +367,8 @@ def report(study: StudiesArg, profile: ProfileOpt = None, out: OutOpt = store.DE
     from ablate.execution.runner import last_run
     from ablate.presentation import results
 
-    suite, plans = load_many(study, profile, out, seeds=seeds)
-    name = suite.name if suite is not None else plans[0].study.name
+    suite, plans, whole = load_many(study, profile, out, seeds=seeds)
+    name = whole.study.name  # the study's, or the suite's
     crash.write_into(store.study_dir(out, name))
     drawn = [p for p in plans if store.study_dir(out, p.study.name).is_dir()]
     if not drawn:
@@ -387,8 +385,6 @@ def report(study: StudiesArg, profile: ProfileOpt = None, out: OutOpt = store.DE
             return
         typer.echo(f"{p.study.name}: results {folder / results.RESULTS} ({len(table)} rows), report {path}")
     folder = store.study_dir(out, suite.name)
-    with bad_input():
-        whole = union(suite.name, plans, suite.description, suite.source)
     results.write_tables(whole, out, folder)
     path = results.write_suite_report(suite, plans, out, folder, mlflow=last_run(folder).get("mlflow"), force=True)
     typer.echo(f"{suite.name}: combined report {path} ({len(drawn)} of {len(plans)} studies have results)")

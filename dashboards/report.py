@@ -127,14 +127,14 @@ def _arms_table(results: pd.DataFrame, study: StudyInfo, mlflow: MlflowLinks | N
     return f'<table class="ablate"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table>{note}'
 
 
-def _findings_section(findings: Findings | None) -> str:
+def _findings_section(findings: Findings | None, href: str = "tables") -> str:
     if findings is None:
         return ('<p>This study names no baseline arm and no trend axis (<code>baseline:</code> or '
                 '<code>trend:</code> in its file), so no verdict is drawn.</p>')
     text = "".join(f"<p>{html.escape(sentence)}</p>" for sentence in findings.sentences)
     table = to_html(findings.rows) if len(findings.rows) else ""
-    return (f'<div class="findings">{text}</div>{table}<p class="note"><a href="tables/findings.md">Markdown</a> · '
-            f'<a href="tables/findings.csv">CSV</a></p>' if table else f'<div class="findings">{text}</div>')
+    return (f'<div class="findings">{text}</div>{table}<p class="note"><a href="{href}/findings.md">Markdown</a> · '
+            f'<a href="{href}/findings.csv">CSV</a></p>' if table else f'<div class="findings">{text}</div>')
 
 
 def _claims_section(judged: list[claims.Judged]) -> str:
@@ -226,8 +226,9 @@ def _figures_section(figure_fns: Mapping[str, Callable], results: pd.DataFrame, 
     return "".join(parts) or "<p>No figures requested.</p>"
 
 
-def _tables_section(table_fns: Mapping[str, Callable], results: pd.DataFrame, table_dir: Path) -> str:
-    """Each table as Markdown and HTML under `table_dir`, inlined."""
+def _tables_section(table_fns: Mapping[str, Callable], results: pd.DataFrame, table_dir: Path,
+                    href: str = "tables") -> str:
+    """Each table as Markdown and HTML under `table_dir` (linked from the page as `href`/...), inlined."""
     parts = []
     for name, fn in table_fns.items():
         try:
@@ -238,8 +239,8 @@ def _tables_section(table_fns: Mapping[str, Callable], results: pd.DataFrame, ta
         write_text(table_dir / f"{name}.md", to_markdown(table))
         write_text(table_dir / f"{name}.html", to_html(table))
         parts.append(f'<section id="table-{name}"><h3>{name}</h3>{to_html(table)}'
-                     f'<p class="note"><a href="tables/{name}.md">Markdown</a> · '
-                     f'<a href="tables/{name}.html">HTML</a></p></section>')
+                     f'<p class="note"><a href="{href}/{name}.md">Markdown</a> · '
+                     f'<a href="{href}/{name}.html">HTML</a></p></section>')
     return "".join(parts) or "<p>No tables requested.</p>"
 
 

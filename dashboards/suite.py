@@ -26,9 +26,9 @@ from core.files import write_text
 from dashboards import claims
 from dashboards.contract import MlflowLinks, StudyInfo
 from dashboards.findings import study_findings
-from dashboards.report import (CSS, _error, _findings_section, _img, _link, _status_section, run_url, safe_name,
-                               status_line)
-from dashboards.tables import get_table, to_html, to_markdown
+from dashboards.report import (CSS, _error, _findings_section, _img, _link, _status_section, _tables_section, run_url,
+                               safe_name, status_line)
+from dashboards.tables import get_table, to_markdown
 
 # The paper's ablation section in its order: a figure or table name (dashboards' registries) ->
 # (rank, the caption its section gets). A study is placed by the first of its figures and tables
@@ -117,29 +117,16 @@ def _copy_figure(study: SuiteStudy, name: str, fig_dir: Path) -> Path | None:
 def _study_section(study: SuiteStudy, caption: str, anchor: str, out_dir: Path) -> str:
     name, folder = study.info.name, safe_name(study.info.name)
     (out_dir / "tables" / folder).mkdir(parents=True, exist_ok=True)
-    table_fns = {}
+    table_fns = {table: get_table(table) for table in study.tables}  # names a study file was validated against
     parts = [f'<h2 id="{anchor}">{html.escape(caption)}</h2>',
              f'<p class="meta">study <b>{html.escape(name)}</b> · {html.escape(status_line(study.results))} · '
              f'{_link(os.path.relpath(study.report_dir / "report.html", out_dir), "its own report")} '
              f"(every arm, loss curves, reconstructions, settings and MLflow links)</p>",
-             f"<p>{html.escape(study.info.description)}</p>" if study.info.description else ""]
-    for table in study.tables:
-        try:
-            table_fns[table] = get_table(table)
-            frame = table_fns[table](study.results)
-        except Exception as exc:  # noqa: BLE001 - one table that cannot be drawn is a line in the page
-            parts.append(_error(table, exc))
-            continue
-        write_text(out_dir / "tables" / folder / f"{table}.md", to_markdown(frame))
-        write_text(out_dir / "tables" / folder / f"{table}.html", to_html(frame))
-        parts.append(f"{to_html(frame)}<p class=\"note\">{html.escape(table)}: "
-                     f'<a href="tables/{folder}/{table}.md">Markdown</a> · '
-                     f'<a href="tables/{folder}/{table}.html">HTML</a></p>')
+             f"<p>{html.escape(study.info.description)}</p>" if study.info.description else "",
+             _tables_section(table_fns, study.results, out_dir / "tables" / folder, href=f"tables/{folder}")]
     findings = study_findings(study.results, study.info, table_fns)
     if findings is not None:
-        parts.append(_findings_section(findings).replace('href="tables/findings',
-                                                         f'href="{os.path.relpath(study.report_dir, out_dir)}'
-                                                         f'/tables/findings'))
+        parts.append(_findings_section(findings, href=f"{os.path.relpath(study.report_dir, out_dir)}/tables"))
     for figure in study.figures:
         if figure in ("loss_curves", "eval_curves"):  # curves stay in the study's own report
             continue

@@ -112,13 +112,11 @@ def summary(plan: Plan, out: Path, *, data_checked: bool = True, studies: int = 
     """Where the run writes and reads, said before it writes anything. `studies`: how many a
     suite's plan (ablate.planning.plan.union) runs."""
     out = Path(out).absolute()
-    if studies > 1:
-        lines = [f"output: {out} (stage folders in {store.stages_root(out)}/, each study's results, report and "
-                 f"MLflow database in {out}/<study>/, the suite's combined report and MLflow database in "
-                 f"{store.study_dir(out, plan.study.name)}/)"]
-    else:
-        lines = [f"output: {out} (stage folders in {store.stages_root(out)}/, this study's results, report and "
-                 f"MLflow database in {store.study_dir(out, plan.study.name)}/)"]
+    folder = store.study_dir(out, plan.study.name)
+    where = (f"each study's results, report and MLflow database in {out}/<study>/, the suite's combined report "
+             f"and MLflow database in {folder}/" if studies > 1 else
+             f"this study's results, report and MLflow database in {folder}/")
+    lines = [f"output: {out} (stage folders in {store.stages_root(out)}/, {where})"]
     note = "" if data_checked else " (not checked here: the trials read it on the cluster's nodes)"
     lines += [f"data: {describe(dataset, root)}{note}" for dataset, root in data_sources(plan.stages.values())]
     if plan.study.tracking.uri:

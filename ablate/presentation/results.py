@@ -10,7 +10,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -163,14 +163,26 @@ def write_report(plan: Plan, out_root: Path, study_dir: Path, results: pd.DataFr
     from dashboards.report import write_report as dashboards_report  # matplotlib: only when drawing
 
     folder, study, recon = study_dir / REPORT, study_info(plan), recon_files(plan, out_root)
-    digest = _inputs_digest(plan, study, results, history, mlflow, recon)
+    return _drawn(folder, _inputs_digest(plan, study, results, history, mlflow, recon), force, lambda: dashboards_report(
+        folder, study=study, results=results, history=history, figures=list(plan.study.figures),
+        tables=list(plan.study.tables), recon_files=recon, mlflow=MlflowLinks.from_mapping(mlflow)))
+
+
+def _drawn(folder: Path, digest: str, force: bool, draw: Callable[[], Path]) -> Path:
+    """`folder`'s report.html, drawn by `draw` unless it was last drawn from inputs of this digest
+    (kept beside it) and not `force`d."""
     page, stamp = folder / "report.html", folder / INPUTS_DIGEST
     if not force and page.is_file() and stamp.is_file() and stamp.read_text() == digest:
         return page
-    path = dashboards_report(folder, study=study, results=results, history=history, figures=list(plan.study.figures),
-                             tables=list(plan.study.tables), recon_files=recon, mlflow=MlflowLinks.from_mapping(mlflow))
+    path = draw()
     write_text(stamp, digest)
     return path
+
+
+def _dashboards_code(h: Any) -> None:
+    """The dashboards' code and claims into a digest: a change there redraws every report."""
+    for source in sorted([*DASHBOARDS.glob("*.py"), *DASHBOARDS.glob("*.yaml")]):
+        h.update(source.read_bytes())
 
 
 def _inputs_digest(plan: Plan, study: StudyInfo, results: pd.DataFrame, history: pd.DataFrame, mlflow: dict | None,
@@ -183,8 +195,7 @@ def _inputs_digest(plan: Plan, study: StudyInfo, results: pd.DataFrame, history:
     for arm, path in sorted(recon.items()):
         stat = path.stat()
         h.update(f"{arm}:{path}:{stat.st_size}:{stat.st_mtime_ns}\0".encode())
-    for source in sorted([*DASHBOARDS.glob("*.py"), *DASHBOARDS.glob("*.yaml")]):  # code and claims
-        h.update(source.read_bytes())
+    _dashboards_code(h)
     return h.hexdigest()
 
 
@@ -202,20 +213,14 @@ def write_suite_report(suite: Suite, plans: list[Plan], out_root: Path, folder: 
 
     studies = [SuiteStudy(study_info(p), results_table(p, out_root), list(p.study.figures), list(p.study.tables),
                           store.study_dir(out_root, p.study.name) / REPORT) for p in plans]
-    report = folder / REPORT
     h = hashlib.sha256(json.dumps([suite.name, suite.description, plans[0].profile.name, mlflow], sort_keys=True,
                                   default=str).encode())
     for s in studies:
         h.update(s.results.to_csv(index=False).encode() + repr(s.info).encode())
         stamp = s.report_dir / INPUTS_DIGEST  # the study's figures, as last drawn
         h.update(stamp.read_bytes() if stamp.is_file() else b"-")
-    for source in sorted([*DASHBOARDS.glob("*.py"), *DASHBOARDS.glob("*.yaml")]):
-        h.update(source.read_bytes())
-    digest = h.hexdigest()
-    page, stamp = report / "report.html", report / INPUTS_DIGEST
-    if not force and page.is_file() and stamp.is_file() and stamp.read_text() == digest:
-        return page
-    path = dashboards_suite(report, name=suite.name, description=suite.description, profile=plans[0].profile.name,
-                            studies=studies, mlflow=MlflowLinks.from_mapping(mlflow))
-    write_text(stamp, digest)
-    return path
+    _dashboards_code(h)
+    report = folder / REPORT
+    return _drawn(report, h.hexdigest(), force, lambda: dashboards_suite(
+        report, name=suite.name, description=suite.description, profile=plans[0].profile.name, studies=studies,
+        mlflow=MlflowLinks.from_mapping(mlflow)))

@@ -205,7 +205,7 @@ def stale_line(stale: dict[str, int]) -> str:
 def outcome_summary(plan: Plan, outcome: Outcome, console: Console, *, resume: str) -> int:
     """Print how the run ended; return the exit status (0 all done, 1 some failed)."""
     states = outcome.states
-    counts = {s: list(states.values()).count(s) for s in (store.DONE, store.FAILED, store.BLOCKED, store.PENDING)}
+    counts = _counts(outcome)
     reused = counts[store.DONE] - sum(1 for sid in outcome.ran if states.get(sid) == store.DONE)
     console.print(f"{plan.study.name}: {counts[store.DONE]}/{len(states)} stages done ({len(outcome.ran)} run now, "
                   f"{max(reused, 0)} already done), {counts[store.FAILED]} failed, {counts[store.BLOCKED]} blocked, "
@@ -218,6 +218,10 @@ def outcome_summary(plan: Plan, outcome: Outcome, console: Console, *, resume: s
         console.print(f"MLflow: {outcome.mlflow['tracking_uri']} (experiment {outcome.mlflow['experiment_name']!r}); "
                       f"browse with: ablate ui {plan.study.source or plan.study.name}")
     return _exit_status(outcome, counts, console, resume)
+
+
+def _counts(outcome: Outcome) -> dict[str, int]:
+    return {state: outcome.count(state) for state in (store.DONE, store.FAILED, store.BLOCKED, store.PENDING)}
 
 
 def _failed_lines(outcome: Outcome, console: Console) -> None:
@@ -242,13 +246,13 @@ def suite_summary(suite: Suite, plans: list[Plan], outcome: Outcome, console: Co
     """How a suite's run ended: a line per study, then the suite's stages, the paper's findings
     tallied and the combined report; returns the exit status (0 all done, 1 some failed)."""
     for plan, own in zip(plans, outcome.studies):
-        counts = {s: list(own.states.values()).count(s) for s in (store.DONE, store.FAILED, store.BLOCKED)}
+        counts = _counts(own)
         failed = f", {counts[store.FAILED]} failed" if counts[store.FAILED] else ""
         blocked = f", {counts[store.BLOCKED]} blocked" if counts[store.BLOCKED] else ""
         console.print(f"  {plan.study.name}: {counts[store.DONE]}/{len(own.states)} stages done{failed}{blocked}; "
                       f"report: {own.report or 'not drawn'}")
     states = outcome.states
-    counts = {s: list(states.values()).count(s) for s in (store.DONE, store.FAILED, store.BLOCKED, store.PENDING)}
+    counts = _counts(outcome)
     ran = sum(1 for sid in outcome.ran if states.get(sid) == store.DONE)
     console.print(f"{suite.name}: {len(plans)} studies, {counts[store.DONE]}/{len(states)} distinct stages done "
                   f"({ran} run now, {max(counts[store.DONE] - ran, 0)} already done), {counts[store.FAILED]} failed, "
@@ -267,11 +271,13 @@ def claims_tally(report_dir: Path) -> str:
     combined report's claims table."""
     import csv
 
+    from dashboards.decide import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
+
     path = Path(report_dir) / "tables" / "claims.csv"
     if not path.is_file():
         return "the paper's findings: not judged"
     with path.open(newline="") as handle:
         verdicts = [row["verdict"] for row in csv.DictReader(handle)]
-    words = ("reproduced", "not reproduced", "inconclusive")
+    words = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
     return ("the paper's findings: " + ", ".join(f"{verdicts.count(w)} {w}" for w in words)
             + f" (of {len(verdicts)})")
