@@ -22,6 +22,7 @@ from typer.core import TyperGroup
 
 from ablate.errors import EXIT_BAD_INPUT, CannotRun, StudyError
 from ablate.execution import preflight, store
+from ablate.execution.search import found
 from ablate.planning.plan import Plan, plan, union
 from ablate.presentation import crash
 from ablate.spec.profiles import DEFAULT_PROFILE, load_profile
@@ -162,12 +163,15 @@ def load_many(paths: list[Path], profile: str | None, out: Path | None = None, *
         suite = load_suite(paths)
     if suite is None:
         one = load(paths[0], profile, out, seeds=seeds)
-        return None, [one], one
+        return None, [one], found(one, out) if out is not None else one
     plans = [load(path, profile, out, seeds=seeds, say=False) for path in suite.files]
     with bad_input():  # one pool of trials: the studies must take the same resources
         whole = union(suite.name, plans, suite.description, suite.source)
     for line in dict.fromkeys(f"profile {p.profile.name}: {p.profile.description}" for p in plans):
         _console().print(line)
+    if out is not None:  # the candidates the studies' searches proposed so far (the same dicts in the union's runs)
+        for p in [*plans, whole]:
+            found(p, out)
     return suite, plans, whole
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from core.files import write_text
-from dashboards import claims
+from dashboards import claims, search
 from dashboards.contract import DONE, FAILED, METRIC_LABELS, PENDING, MlflowLinks, StudyInfo
 from dashboards.figures import get_figure, save_figure
 from dashboards.findings import Findings, study_findings
@@ -98,7 +98,9 @@ def _arms_table(results: pd.DataFrame, study: StudyInfo, mlflow: MlflowLinks | N
         for arm, error in zip(results["arm"], results["error"]):
             if isinstance(error, str) and error and arm not in errors:
                 errors[arm] = error
-    head = ["arm", *axes, "state", "seeds done", *(METRIC_LABELS[m] for m in metrics)] + (["MLflow"] if mlflow else [])
+    chosen = [c for c in results.columns if str(c).startswith("chosen.")]  # a search's chosen values, per seed
+    head = ["arm", *axes, "state", "seeds done", *(METRIC_LABELS[m] for m in metrics)]
+    head += [f"{c} (per seed)" for c in chosen] + (["MLflow"] if mlflow else [])
     head += ["error"] if errors else []
     rows = []
     for _, row in agg.iterrows():
@@ -112,6 +114,9 @@ def _arms_table(results: pd.DataFrame, study: StudyInfo, mlflow: MlflowLinks | N
             if pd.notna(half):
                 text += f" ± {half:.2g}"
             cells.append(f'<td class="num">{html.escape(text)}</td>')
+        for c in chosen:
+            values = results.loc[results["arm"] == row["arm"], c].dropna()
+            cells.append(f'<td class="num">{html.escape(", ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in values) or "–")}</td>')
         if mlflow:
             links = [_link(run_url(mlflow.tracking_ui, mlflow.experiment_id, rid), label)
                      for label, rid in _runs_of(mlflow, row["arm"])]
@@ -266,7 +271,8 @@ def _recon_section(recon_files: Mapping[str, Path | str], fig_dir: Path) -> str:
 
 def write_report(out_dir: Path | str, *, study: StudyInfo, results: pd.DataFrame, history: pd.DataFrame,
                  figures: list[str], tables: list[str], recon_files: Mapping[str, Path | str] | None = None,
-                 mlflow: MlflowLinks | None = None) -> Path:
+                 mlflow: MlflowLinks | None = None, searches: search.Searches | None = None,
+                 search_note: str = "", search_metric: str = "validation metric") -> Path:
     """Write figures (PNG+SVG), tables (MD+HTML), reconstructions and `report.html` under
     `out_dir`; return the report's path. Unknown figure or table names raise before anything
     is written; a figure that fails to draw is reported in the page, not raised."""
@@ -302,6 +308,7 @@ def write_report(out_dir: Path | str, *, study: StudyInfo, results: pd.DataFrame
 {_claims_section(judged)}
 <h2>Arms</h2>
 {_arms_table(results, study, mlflow)}
+{"<h2>Searches</h2>" + search.section(searches, fig_dir, _img, search_note, search_metric) if searches else ""}
 <h2>Figures</h2>
 {_figures_section(figure_fns, results, history, fig_dir)}
 <h2>Tables</h2>

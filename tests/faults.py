@@ -17,6 +17,10 @@ or a kind (`pretrain` matches `pretrain-<hash>`), and the rule fires at the firs
     fill-disk    writes `<out_root>/filler` until the output root's disk is full, and goes on
     hold         waits there until the stage named by `when-done=<stage id>` is done (any driver's),
                  holding the stage's lease meanwhile; gives up with an error after HOLD_S
+    plant        not a fault: the stage runs `planted` instead of its engine (a validation metric that is a
+                 known function of the fine-tune's blr, for the search tests); `plant:<kind>:0`
+
+A 4th field `after-done=<n>` holds a rule back until `n` stages of the target kind are done.
 
 A 4th field `before-line` strikes before the epoch is recorded instead: after the engine wrote
 that epoch's checkpoint, before its line in metrics.jsonl (the narrowest window of a real kill).
@@ -25,6 +29,7 @@ that epoch's checkpoint, before its line in metrics.jsonl (the narrowest window 
 """
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -36,7 +41,7 @@ from ablate.execution import store
 from ablate.execution.serial_backend import WorkerCrashed
 from core.errors import NonFiniteLoss
 
-ACTIONS = ("crash", "sigkill", "sigint", "nan", "kill-driver", "fill-disk", "hold")
+ACTIONS = ("crash", "sigkill", "sigint", "nan", "kill-driver", "fill-disk", "hold", "plant")
 HOLD_S = 300.0
 
 
@@ -51,7 +56,8 @@ class Fault:
                 raise ValueError(f"unknown fault {do!r}; valid: {list(ACTIONS)}")
             before = "before-line" in when
             done = next((w.removeprefix("when-done=") for w in when if w.startswith("when-done=")), None)
-            self.rules.append((do, target, int(epoch), done, before))
+            count = next((int(w.removeprefix("after-done=")) for w in when if w.startswith("after-done=")), 0)
+            self.rules.append((do, target, int(epoch), done, before, count))
 
     def __call__(self, engine, job, out_dir: Path, report):
         """The launch: the engine in this process, its report between the rules that strike before
@@ -61,12 +67,16 @@ class Fault:
             self._check(job, Path(out_dir), epoch, before=True)
             report(metrics)
             self._check(job, Path(out_dir), epoch, before=False)
+        if any(do == "plant" and _matches(job.stage.id, target) for do, target, *_ in self.rules):
+            engine = planted
         return engine(job, out_dir, reporting)
 
     def _check(self, job, folder: Path, epoch: int, *, before: bool) -> None:
         stage = job.stage
-        for do, target, at, done, strikes_before in self.rules:
-            if strikes_before != before or epoch < at or not (stage.id == target or stage.id.startswith(f"{target}-")):
+        for do, target, at, done, strikes_before, count in self.rules:
+            if do == "plant" or strikes_before != before or epoch < at or not _matches(stage.id, target):
+                continue
+            if count and _done_of(Path(job.out_root), target) < count:
                 continue
             if do == "nan":
                 raise NonFiniteLoss(f"non-finite loss nan at epoch {epoch} (injected)")
@@ -94,6 +104,41 @@ class Fault:
                 raise WorkerCrashed()
             else:
                 os._exit(3)
+
+
+def _matches(stage_id: str, target: str) -> bool:
+    return stage_id == target or stage_id.startswith(f"{target}-")
+
+
+def _done_of(out_root: Path, kind: str) -> int:
+    return sum(1 for f in store.stages_root(out_root).glob(f"{kind}-*/{store.RESULT}"))
+
+
+PLANTED_OPTIMUM = 3e-3  # the fine-tune blr at which `planted` peaks
+
+
+def planted_top1(blr: float, optimum: float = PLANTED_OPTIMUM) -> float:
+    """The planted objective: 90 at the optimum, 40 points less per decade squared away from it."""
+    return 90.0 - 40.0 * (math.log10(blr) - math.log10(optimum)) ** 2
+
+
+def planted(job, out_dir: Path, report) -> dict:
+    """A stand-in engine: a pre-training of one epoch that learns nothing, and a fine-tune whose
+    validation top-1 at epoch e of E is planted_top1(blr) * (e + 1) / E (so every epoch ranks the
+    candidates as the last does), its test top-1 one point below. The optimum is
+    PLANTED_OPTIMUM, or the number in `<out_root>/planted-optimum.txt` where there is one."""
+    stage = job.stage
+    if stage.runner == "pretrain":
+        report({"epoch": 0, "loss": 1.0})
+        return {"pretrain_loss": 1.0}
+    recipe = stage.recipe
+    planted_file = Path(job.out_root) / "planted-optimum.txt"
+    optimum = float(planted_file.read_text()) if planted_file.is_file() else PLANTED_OPTIMUM
+    final = planted_top1(recipe["blr"], optimum)
+    epochs = int(recipe["epochs"])
+    for epoch in range(epochs):
+        report({"epoch": epoch, "train_loss": 1.0, "ft_val_top1": final * (epoch + 1) / epochs})
+    return {"ft_top1": final - 1.0, "ft_top5": 99.0, "ft_val_top1": final}
 
 
 def _hold_until_done(out_root: Path, stage_id: str) -> None:

@@ -266,30 +266,6 @@ def test_validate_shipped_studies():
         assert result.stdout.startswith("profile laptop: ")
 
 
-def test_search_reports_the_candidate_best_on_validation(project):
-    (project / "search.yaml").write_text(
-        "name: search\nevaluations: [finetune]\n"
-        "search: {param: finetune.blr, low: 1.0e-4, high: 1.0e-2, log: true, trials: 3, metric: ft_val_top1}\n")
-    p = plan(load_study(project / "search.yaml"), load_profile("tiny", project / "search.yaml"))
-    (run,) = p.runs
-    out = project / "runs"
-    pre = store.stage_dir(out, run.stages["pretrain"])
-    pre.mkdir(parents=True)
-    store.write_json_atomic(pre / store.RESULT, {"pretrain_loss": 0.4})
-    # The best test accuracy belongs to a candidate that is not the best on validation.
-    for sid, (val, test) in zip(run.candidates["finetune"], [(50.0, 90.0), (70.0, 60.0), (60.0, 65.0)]):
-        store.stage_dir(out, sid).mkdir(parents=True)
-        store.write_json_atomic(store.stage_dir(out, sid) / store.RESULT, {"ft_val_top1": val, "ft_top1": test})
-    (out / "search").mkdir()
-    result = invoke("report", "search.yaml", "--profile", "tiny")
-    assert result.exit_code == 0, result.output
-    import pandas as pd
-
-    row = pd.read_csv(out / "search" / "results.csv").iloc[0]
-    assert row["status"] == "done" and row["ft_top1"] == 60.0 and row["search_metric"] == 70.0
-    assert row["search_value"] == p.stages[run.candidates["finetune"][1]].config["finetune"]["blr"]
-
-
 def test_the_live_views_time_left_is_the_estimates_scaled_by_what_finished_over_the_trials_at_once(project):
     """ablate/presentation/progress.py TimeLeft against a naive sum: the planner's estimate of each stage
     still to run (less what a running one has done), scaled by finished stages' actual/estimated

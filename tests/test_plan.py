@@ -11,6 +11,7 @@ import pytest
 from ablate.planning.cost import estimate, mae_train_flops
 from ablate.planning.plan import canonical_json, plan, stage_id
 from ablate.spec.profiles import parse_profile
+from ablate.errors import StudyError
 from ablate.spec.study import parse_study
 from core.config import ModelConfig
 
@@ -142,15 +143,39 @@ def test_partial_all_is_the_end_to_end_finetune():
     assert sum(s.kind == "finetune" for s in p.stages.values()) == 1
 
 
-def test_search_candidates_are_planned_and_deterministic():
-    fields = dict(evaluations=["finetune"], search={"param": "finetune.blr", "low": 1e-4, "high": 1e-2, "log": True,
-                                                      "trials": 3, "metric": "ft_val_top1"})
-    a, b = make(**fields), make(**fields)
-    ids = a.runs[0].candidates["finetune"]
-    assert len(ids) == 3 and ids == b.runs[0].candidates["finetune"]
-    values = [a.stages[i].config["finetune"]["blr"] for i in ids]
-    assert all(1e-4 <= v <= 1e-2 for v in values) and len(set(values)) == 3
-    assert "finetune" not in a.runs[0].stages  # only the candidates run
+def test_a_search_is_a_task_per_arm_and_seed_whose_values_hash_to_stages():
+    space = {"finetune.blr": {"low": 1e-4, "high": 1e-2, "log": True}}
+    p = make(evaluations=["finetune"], seeds=[0, 1], search={"space": space, "budget": 3})
+    assert [s.kind for s in p.stages.values()] == ["pretrain", "pretrain"]  # candidates are proposed while it runs
+    tasks = [p.searches[r.searches["finetune"]] for r in p.runs]
+    assert [t.name for t in tasks] == ["base/seed0/finetune", "base/seed1/finetune"] and len(p.searches) == 2
+    task = tasks[0]
+    a, b = task.stage({"finetune.blr": 1e-3}), task.stage({"finetune.blr": 1e-3})
+    assert a == b and a.parent == p.runs[0].stages["pretrain"] and a.recipe["blr"] == 1e-3
+    assert a.id == stage_id("finetune", a.config, a.parent)  # a candidate is a stage like a planned one
+    assert task.stage({"finetune.blr": 2e-3}).id != a.id and task.values(a) == {"finetune.blr": 1e-3}
+    # growing the plan: the candidate joins its arm run (once) and the plan's stages
+    assert p.add_candidate(task.id, a) and p.add_candidate(task.id, b)
+    assert p.runs[0].candidates == {"finetune": (a.id,)} and p.runs[1].candidates == {}
+    assert p.stages[a.id] == a and p.search_of(a.id) is task and [n for _, n in p.users(a.id)] == ["finetune#1"]
+    with pytest.raises(StudyError, match="search.*blr"):
+        task.stage({"finetune.blr": -1.0})
+
+
+def test_a_grid_search_is_evenly_spaced_and_must_fit_its_budget():
+    spec = parse_study({"name": "s", "evaluations": ["finetune"], "search": {
+        "space": {"finetune.blr": {"low": 1e-4, "high": 1e-2, "log": True}}, "budget": 3, "sampler": "grid"}}).search
+    assert spec.grid() == [{"finetune.blr": 1e-4}, {"finetune.blr": 1e-3}, {"finetune.blr": 1e-2}] and spec.total == 3
+    two = {"finetune.blr": {"low": 1e-4, "high": 1e-2, "log": True}, "finetune.layer_decay": {"choices": [0.65, 0.75]}}
+    spec = parse_study({"name": "s", "evaluations": ["finetune"],
+                        "search": {"space": two, "budget": 5, "sampler": "grid"}}).search
+    assert len(spec.grid()) == 4 and {c["finetune.layer_decay"] for c in spec.grid()} == {0.65, 0.75}
+    with pytest.raises(StudyError, match="search.budget"):
+        parse_study({"name": "s", "evaluations": ["finetune"], "search": {"space": two, "budget": 3, "sampler": "grid"}})
+    # the one-field form of earlier versions still reads
+    old = parse_study({"name": "s", "evaluations": ["finetune"], "search": {
+        "param": "finetune.blr", "low": 1e-4, "high": 1e-2, "log": True, "trials": 5}}).search
+    assert old.params == ["finetune.blr"] and old.budget == 5 and old.space["finetune.blr"].log
 
 
 def test_users_of_a_shared_stage():

@@ -1,29 +1,61 @@
 """The order in which both backends hand out the stages of a wave: pre-trainings first (they
 unlock the most), then plan order; a stage once its parent is done; never one below a parent that
-did not end done (the runner marks those blocked)."""
+did not end done (the runner marks those blocked). When nothing planned is ready, a search's next
+candidate (ablate/execution/search.py), so candidates fill the slots the plan leaves free."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from ablate.execution import store
 from ablate.planning.plan import Stage
 
+if TYPE_CHECKING:
+    from ablate.execution.search import Searches
+
 
 class WaveOrder:
-    def __init__(self, stages: Sequence[Stage], out_root: Path) -> None:
+    def __init__(self, stages: Sequence[Stage], out_root: Path, searches: Searches | None = None) -> None:
         self.waiting = sorted(stages, key=lambda s: s.kind != "pretrain")  # stable: plan order within a kind
         self.ours = {s.id for s in stages}
         self.out_root = Path(out_root)
         self.ended: dict[str, bool] = {}  # stage id -> ended done
+        self.searches = searches if searches else None
+        self.proposed: list[str] = []  # the searches' candidates handed out in this wave
+
+    def next(self) -> Stage | None:
+        """The stage to hand out now, taken: the first ready planned one, else a search's next
+        candidate; None while nothing can start."""
+        ready = self.ready()
+        if ready:
+            self.take(ready[0])
+            return ready[0]
+        return self.propose()
+
+    def propose(self) -> Stage | None:
+        """A search's next candidate, taken; None while none can start."""
+        stage = self.searches.propose(self.parent_state) if self.searches is not None else None
+        if stage is not None:
+            self.ours.add(stage.id)
+            self.proposed.append(stage.id)
+        return stage
+
+    @property
+    def open(self) -> bool:
+        """Whether a stage may still be handed out: one waits, or a search may propose another."""
+        return bool(self.waiting) or (self.searches is not None and self.searches.may_propose(self.parent_state))
+
+    def parent_state(self, parent: str | None) -> bool | None:
+        """True: `parent` (a stage id, None for none) is done; False: it will never be; None: not yet."""
+        if parent is None:
+            return True
+        if parent not in self.ours:
+            return store.state(self.out_root, parent) == store.DONE
+        return self.ended.get(parent)
 
     def parent_done(self, stage: Stage) -> bool | None:
         """True: the parent is done; False: it ended otherwise (or was dropped); None: not yet."""
-        if stage.parent is None:
-            return True
-        if stage.parent not in self.ours:  # finished before this wave (the runner only passes those)
-            return store.state(self.out_root, stage.parent) == store.DONE
-        return self.ended.get(stage.parent)
+        return self.parent_state(stage.parent)  # one not in the wave finished before it (the runner only passes those)
 
     def ready(self) -> list[Stage]:
         """The waiting stages whose parent is done, in order."""

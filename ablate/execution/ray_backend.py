@@ -20,6 +20,7 @@ Before anything starts, a trial the live nodes can never place is refused (Clust
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -36,6 +37,7 @@ from ablate.errors import ClusterTooSmall
 from ablate.execution import lease, ray_cluster, store
 from ablate.execution.events import MAX_FAILURES, Interrupted, Listeners, numeric
 from ablate.execution.order import WaveOrder
+from ablate.execution.search import Searches
 from ablate.execution.stages import Launch
 from ablate.execution.storage import Storage
 from ablate.planning.plan import Stage
@@ -70,7 +72,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     from ablate.execution.stages import StageFailed, run_stage, run_stage_stored
     from ablate.execution.storage import Storage
 
-    stage = context.stages[config["stage_id"]]
+    stage = context.stages.get(config["stage_id"]) or Stage(**config["stage"])  # a search's candidate: in its config
 
     def report(metrics: dict) -> None:
         tune.report({**metrics, PHASE: "epoch", STAGE: stage.id})
@@ -107,7 +109,8 @@ class TrialResources:
         self.resources = resources
 
     def __call__(self, config: dict[str, Any]) -> tune.PlacementGroupFactory:
-        if self.workers[config["stage_id"]] > 1:
+        workers = self.workers.get(config["stage_id"]) or config["stage"]["workers"]
+        if workers > 1:
             return tune.PlacementGroupFactory([DRIVER_BUNDLE])
         return tune.PlacementGroupFactory([self.resources.per_worker()])
 
@@ -140,17 +143,18 @@ class StageOrder(Searcher):
     wait for a running parent, and FINISHED when none is left: stages below a parent that failed
     are never started (the runner marks them blocked)."""
 
-    def __init__(self, stages: Sequence[Stage], out_root: Path, listeners: Listeners | None = None) -> None:
+    def __init__(self, stages: Sequence[Stage], out_root: Path, listeners: Listeners | None = None,
+                 searches: Searches | None = None) -> None:
         super().__init__()
-        self.order = WaveOrder(stages, out_root)
+        self.order = WaveOrder(stages, out_root, searches)
         self.out_root = Path(out_root)
         self.listeners = listeners
         self.trials: dict[str, str] = {}  # Tune trial id -> stage id
         self.elsewhere: dict[str, str] = {}  # stage id -> the live owner of its lease ("host/pid")
 
     def __getstate__(self) -> dict:
-        # Tune saves its searcher with the experiment; the listeners stay in this process.
-        return {**self.__dict__, "listeners": None}
+        # Tune saves its searcher with the experiment; the listeners and searches stay in this process.
+        return {**self.__dict__, "listeners": None, "order": None}
 
     def _held_elsewhere(self, stage: Stage) -> bool:
         """Another driver's trial runs this stage now (a live lease): not handed out, so no Ray
@@ -176,13 +180,36 @@ class StageOrder(Searcher):
                 self.order.take(stage)
                 self.trials[trial_id] = stage.id
                 return {"stage_id": stage.id}
+        candidate = self.order.propose()
+        if candidate is not None:  # not in the trials' stage map: the trial's config carries it
+            self.trials[trial_id] = candidate.id
+            return {"stage_id": candidate.id, "stage": dataclasses.asdict(candidate)}
         self.order.drop_orphans()
-        return None if self.order.waiting else Searcher.FINISHED
+        return None if self.order.open else Searcher.FINISHED
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         sid = self.trials.get(trial_id)
         if sid is not None:
             self.order.end(sid, store.state(self.out_root, sid) == store.DONE)
+
+
+class PruneStopper(tune.Stopper):
+    """Driver side: each epoch a search's candidate reports goes to its pruner (ablate/execution/search.py);
+    True stops the trial (its worker leaves the stage at that report, SystemExit)."""
+
+    def __init__(self, searches: Searches | None) -> None:
+        self.searches = searches
+
+    def __getstate__(self) -> dict:
+        return {"searches": None}
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        if self.searches is None or result.get(PHASE) != "epoch" or STAGE not in result:
+            return False
+        return self.searches.epoch(result[STAGE], metrics_of(result))
+
+    def stop_all(self) -> bool:
+        return False
 
 
 def metrics_of(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -336,7 +363,7 @@ class RayBackend:
                              f"where the driver sees them")
 
     def run_wave(self, wave: int, stages: Sequence[Stage], all_stages: Mapping[str, Stage], *, out_root: Path,
-                 resources: Resources, listeners: Listeners) -> None:
+                 resources: Resources, listeners: Listeners, searches: Searches | None = None) -> None:
         """Run one wave of stages to the end; each ends done or failed in the store.
 
         Tune's experiment folder goes in this machine's temporary folder, not under `out_root`: only
@@ -363,12 +390,12 @@ class RayBackend:
                                         TrialResources(stages, resources))
         events = StageEvents(listeners, Path(out_root), self.storage)
         at_once = concurrent_trials(stages, resources, self.max_concurrent)
-        order = StageOrder(stages, Path(out_root), listeners)
+        order = StageOrder(stages, Path(out_root), listeners, searches)
         name = f"wave{wave}-{time.strftime('%Y%m%d-%H%M%S')}"
         scratch = tempfile.mkdtemp(prefix="ablate-tune-")
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=order, num_samples=len(stages),
+            tune_config=tune.TuneConfig(search_alg=order, num_samples=len(stages) + (searches.left() if searches else 0),
                                         reuse_actors=True, max_concurrent_trials=at_once,
                                         trial_name_creator=lambda t: t.config["stage_id"],
                                         trial_dirname_creator=lambda t: t.config["stage_id"]),
@@ -378,6 +405,7 @@ class RayBackend:
                 failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
                 verbose=0,
                 callbacks=[events],
+                stop=PruneStopper(searches),
             ),
         )
         try:
@@ -389,6 +417,8 @@ class RayBackend:
         if events.storage_errors:  # the disk, not the stages: they stay pending and the study stops in one line
             raise events.storage_errors[0]
         # Neither ended nor dropped below a failed parent: Tune stopped early (SIGINT).
-        unfinished = [s.id for s in stages if s.id not in events.ended and s.id not in order.order.ended]
+        proposed = order.order.proposed
+        unfinished = [sid for sid in [*(s.id for s in stages), *proposed]
+                      if sid not in events.ended and sid not in order.order.ended]
         if unfinished:  # Tune stops its trials on SIGINT and returns without finishing them
             raise Interrupted()

@@ -15,6 +15,7 @@ from rich.console import Console
 from ablate.errors import CannotRun
 from ablate.execution import store
 from ablate.execution.events import Backend, Interrupted, Listeners
+from ablate.execution.search import Searches
 from ablate.execution.storage import Storage
 from ablate.planning.plan import Plan, Stage, union
 from ablate.presentation import results
@@ -49,6 +50,10 @@ def runnable(plan: Plan, states: dict[str, str]) -> list[Stage]:
                                                or s.parent in reachable):
             reachable[s.id] = s
     return list(reachable.values())
+
+
+def _done(out_root: Path, stage_id: str | None) -> bool:
+    return stage_id is None or store.state(out_root, stage_id) == store.DONE
 
 
 def current_states(plan: Plan, out_root: Path) -> dict[str, str]:
@@ -139,9 +144,12 @@ def _run(plans: list[Plan], suite: Suite | None, out_root: Path, *, backend: Bac
     whole = plans[0] if suite is None else union(suite.name, plans, suite.description, suite.source)
     if storage is not None:  # what earlier runs, from any machine, left at the URI
         storage.pull_records(out_root, whole.stages)
+    searches = Searches([whole, *(p for p in plans if p is not whole)], out_root)  # a study's, or a suite's and its studies'
+    if searches:
+        searches.open()  # the candidates of earlier runs join the plans; one left running is pending again
     states = current_states(whole, out_root)
     # a trial the cluster can never place is refused before the study folder or its MLflow run exist
-    backend.admit(runnable(whole, states), whole.resources, out_root)
+    backend.admit(runnable(whole, states) + searches.samples(), whole.resources, out_root)
     members: list[Member] = []
     try:
         for plan in plans if suite is None else [*plans, whole]:
@@ -182,15 +190,19 @@ def _run(plans: list[Plan], suite: Suite | None, out_root: Path, *, backend: Bac
                          suite=(suite, members[:-1]) if suite is not None and member is top else None)
 
     partial = PartialReport(lambda: publish(False))
-    listeners = Listeners([*(m.tracker for m in members), view, partial, *members],
+    listeners = Listeners([searches, *(m.tracker for m in members), view, partial, *members],
                           warn=lambda text: console.print(text, style="yellow"))
+    view.time_left.more = searches.samples_left
     try:
         with view, backend:
             wave = 0
-            while todo := runnable(whole, states):
+            while (todo := runnable(whole, states)) or searches.may_propose(lambda p: _done(out_root, p)):
                 wave += 1
+                proposed = len(searches.proposed)
                 backend.run_wave(wave, todo, dict(whole.stages), out_root=out_root, resources=whole.resources,
-                                 listeners=listeners)
+                                 listeners=listeners, searches=searches)
+                candidates = searches.proposed[proposed:]
+                todo = [*todo, *(whole.stages[sid] for sid in candidates)]
                 outcome.ran += [s.id for s in todo]
                 if storage is not None:
                     storage.pull_records(out_root, [s.id for s in todo])
@@ -207,7 +219,10 @@ def _run(plans: list[Plan], suite: Suite | None, out_root: Path, *, backend: Bac
                     if could_run and store.state(out_root, stage.id) == store.PENDING:
                         store.write_error(store.stage_dir(out_root, stage.id),
                                           "the trial ended without a result or an error")
+                searches.settle()  # a candidate whose trial ended without a word is told it failed
                 states = current_states(whole, out_root)
+                if not todo:  # the searches could propose nothing more (a running candidate's slot never freed)
+                    break
                 outcome.states = states
                 view.states = dict(states)
                 if runnable(whole, states):  # another wave follows: show what is done meanwhile, at the usual pace
@@ -307,6 +322,8 @@ def _publish(member: Member, out_root: Path, *, final: bool, console: Console,
                 paths.append(Path(source))
         _tracking(console, tracker.log_study_artifacts, paths)
         _tracking(console, tracker.log_study_summary, table)
+        if plan.searches:
+            _tracking(console, tracker.mark_chosen)
 
 
 def last_profile(study_dir: Path) -> str | None:

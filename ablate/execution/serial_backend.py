@@ -15,6 +15,7 @@ from ablate.errors import CannotRun
 from ablate.execution import store
 from ablate.execution.events import MAX_FAILURES, Interrupted, Listeners, numeric
 from ablate.execution.order import WaveOrder
+from ablate.execution.search import Pruned, Searches
 from ablate.execution.stages import Launch, StageFailed, run_stage, run_stage_stored
 from ablate.execution.storage import Storage
 from ablate.planning.plan import Stage
@@ -46,26 +47,28 @@ class SerialBackend:
                                 f"cannot place: run it with --backend ray")
 
     def run_wave(self, wave: int, stages: Sequence[Stage], all_stages: dict[str, Stage], *, out_root: Path,
-                 resources: Resources, listeners: Listeners) -> None:
+                 resources: Resources, listeners: Listeners, searches: Searches | None = None) -> None:
         self.admit(stages, resources)
         listeners.wave_started(wave, [s.id for s in stages])
-        order = WaveOrder(stages, out_root)
-        while order.waiting:
-            ready = order.ready()
-            if not ready:  # in one process nothing else runs meanwhile: what waits now will never run
-                if not order.drop_orphans():
+        order = WaveOrder(stages, out_root, searches)
+        while order.open:
+            stage = order.next()
+            if stage is None:  # in one process nothing else runs meanwhile: what waits now will never run
+                if order.drop_orphans():
+                    continue
+                if order.waiting:
                     raise RuntimeError(f"stages wait on parents outside the wave: {[s.id for s in order.waiting]}")
-                continue
-            order.take(ready[0])
-            order.end(ready[0].id, self._run(ready[0], Path(out_root), resources, listeners))
+                break  # only searches below a parent that did not end done
+            order.end(stage.id, self._run(stage, Path(out_root), resources, listeners, searches))
 
-    def _run(self, stage: Stage, out_root: Path, resources: Resources, listeners: Listeners) -> bool:
-        """One stage to its end (done or failed), retried as the Ray backend retries a trial."""
+    def _run(self, stage: Stage, out_root: Path, resources: Resources, listeners: Listeners,
+             searches: Searches | None = None) -> bool:
+        """One stage to its end (done, failed or pruned), retried as the Ray backend retries a trial."""
         for attempt in range(MAX_FAILURES + 1):
             listeners.stage_started(stage.id)
             try:
-                self._stage(stage, out_root, listeners, threads=max(1, int(resources.cpu)))
-            except StageFailed:  # deterministic: its error.txt is written, no retry
+                self._stage(stage, out_root, listeners, threads=max(1, int(resources.cpu)), searches=searches)
+            except (StageFailed, Pruned):  # deterministic: its error.txt is written, no retry; or pruned
                 break
             except KeyboardInterrupt:
                 raise Interrupted() from None
@@ -87,16 +90,20 @@ class SerialBackend:
         listeners.stage_ended(stage.id, state, store.error_line(out_root, stage.id) or None)
         return state == store.DONE
 
-    def _stage(self, stage: Stage, out_root: Path, listeners: Listeners, threads: int) -> None:
+    def _stage(self, stage: Stage, out_root: Path, listeners: Listeners, threads: int,
+               searches: Searches | None = None) -> None:
         """Run the stage in `out_root`, or with --storage in this machine's mirror of the storage URI
-        (its records copied into `out_root` before each epoch's event, as the Ray backend does)."""
-        if self.storage is None:
-            run_stage(stage, out_root, lambda row: listeners.stage_epoch(stage.id, numeric(row)), threads=threads,
-                      launch=self.launch)
-            return
-
+        (its records copied into `out_root` before each epoch's event, as the Ray backend does). A
+        search's candidate that its pruner stops raises Pruned at that epoch."""
         def report(row: dict) -> None:
-            self.storage.pull(out_root, stage.id)
+            if self.storage is not None:
+                self.storage.pull(out_root, stage.id)
             listeners.stage_epoch(stage.id, numeric(row))
+            if searches is not None and searches.epoch(stage.id, numeric(row)):
+                raise Pruned(stage.id)
+
+        if self.storage is None:
+            run_stage(stage, out_root, report, threads=threads, launch=self.launch)
+            return
 
         run_stage_stored(stage, self.storage, report, threads=threads, launch=self.launch)

@@ -28,7 +28,9 @@ from typing import Any, Iterable, Iterator
 from core.files import write_text
 
 DONE, FAILED, PENDING, BLOCKED = "done", "failed", "pending", "blocked"  # blocked: a parent failed
+PRUNED = "pruned"  # a search's candidate its pruner stopped: ended, with no result (ablate/execution/search.py)
 CONFIG, METRICS, RESULT, ERROR = "config.json", "metrics.jsonl", "result.json", "error.txt"
+PRUNE = "pruned.json"  # why and at which epoch a candidate was pruned
 WARNINGS = "warnings.jsonl"
 TIME = "time_ms"  # in each metrics.jsonl line: when the epoch was recorded (ms), its MLflow timestamp
 META = "stage.json"  # the stage's attempts: when, which process, which host, Ray node and device
@@ -110,6 +112,8 @@ def state(out_root: Path, stage_id: str) -> str:
         return DONE
     if (folder / ERROR).is_file():
         return FAILED
+    if (folder / PRUNE).is_file():
+        return PRUNED
     return PENDING
 
 
@@ -177,10 +181,11 @@ def _folders(out_root: Path, stage_ids: Iterable[str] | None) -> list[Path]:
 
 
 def resume_files(out_root: Path, stage_ids: Iterable[str] | None = None) -> list[Path]:
-    """The resume checkpoints of finished stages (all, or of `stage_ids`): nothing reads them again
-    (children read the parent's encoder.pth; a done stage is never resumed), and they are most of
-    the store."""
-    return [folder / f"{n}{ext}" for folder in _folders(out_root, stage_ids) if (folder / RESULT).is_file()
+    """The resume checkpoints of finished stages (all, or of `stage_ids`; a pruned candidate is
+    finished too): nothing reads them again (children read the parent's encoder.pth; a done or
+    pruned stage is never resumed), and they are most of the store."""
+    return [folder / f"{n}{ext}" for folder in _folders(out_root, stage_ids)
+            if (folder / RESULT).is_file() or (folder / PRUNE).is_file()
             for n in RESUME_FILES for ext in ("", ".sha256") if (folder / f"{n}{ext}").is_file()]
 
 

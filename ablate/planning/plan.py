@@ -6,6 +6,11 @@ partial_finetune, scratch; scratch does not depend on pre-training). A stage is 
 hash of its fully resolved config plus its parent's id, so one pre-training shared by several
 arms or evaluations is one stage, and finished stages are found again by later runs and studies.
 
+A study with `search:` has, per (arm, seed), a `SearchTask` in place of its searched evaluation:
+its candidates are not planned but proposed while the study runs, from the results so far
+(ablate/execution/search.py), and each becomes a stage like any other (the same values, the same
+stage id). A plan is therefore fixed except for those candidates, which `Plan.add_candidate` adds.
+
 With `resources: {workers: N}` (N > 1) pre-training and fine-tuning stages (fine-tune, partial
 fine-tune, scratch) are data-parallel on N workers; linear probing stays on one. The worker count
 of a data-parallel stage is part of its identity: N workers train with N times the batch per
@@ -28,7 +33,7 @@ from core.data_files import train_images
 from core.eval_config import FinetuneJob, LinearProbeJob
 from ablate.errors import StudyError, from_validation
 from ablate.spec.profiles import Profile
-from ablate.spec.study import SECTIONS, SEED_FIELDS, Resources, Study
+from ablate.spec.study import SECTIONS, SEED_FIELDS, Resources, Search, Study
 
 ID_LENGTH = 12  # hex digits of sha256: collisions are out of reach for any realistic store
 # What a scratch classifier never uses: the decoder, the masking and the reconstruction target,
@@ -91,8 +96,50 @@ class ArmRun:
     seed: int
     axes: Mapping[str, Any]  # varied dotted key -> its resolved value in this arm
     stages: Mapping[str, str]  # stage name -> stage id, in dependency order
-    # Searched evaluations: stage name -> candidate stage ids (the best by validation metric counts).
-    candidates: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Searched evaluations: stage name -> its SearchTask's id, and the candidate stage ids proposed so
+    # far (Plan.add_candidate; the best by validation metric counts).
+    searches: Mapping[str, str] = field(default_factory=dict)
+    candidates: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SearchTask:
+    """One search: an evaluation of one (arm, seed) whose recipe fields `spec.space` are searched.
+    `name` is its Optuna study's name in the study's storage; `base` the evaluation's config at the
+    study's recipe, which each candidate's values overlay."""
+
+    study: str
+    name: str  # "<arm>/seed<k>/<evaluation>"
+    seed: int
+    kind: str
+    runner: str
+    base: Mapping[str, Any]
+    parent: str | None
+    workers: int
+    spec: Search
+
+    @property
+    def id(self) -> str:
+        return f"{self.study}:{self.name}"
+
+    def stage(self, values: Mapping[str, Any]) -> Stage:
+        """The candidate stage at `values` (dotted key -> value); raises StudyError naming the
+        search when they make an invalid recipe."""
+        section = JOBS[self.runner][1]
+        recipe = dict(self.base[section])
+        recipe.update({key.split(".", 1)[1]: value for key, value in values.items()})
+        try:
+            recipe = _dump(SECTIONS[self.spec.section].model_validate(recipe))
+        except ValidationError as e:
+            shown = ", ".join(f"{k}={format_value(v)}" for k, v in values.items())
+            raise from_validation(None, e, where=lambda p: (None, "search"), suffix=f" (candidate {shown})") from None
+        config = {**self.base, section: recipe}
+        sid = stage_id(self.kind, config, self.parent, self.workers)
+        return Stage(sid, self.kind, self.runner, config, self.parent, self.workers)
+
+    def values(self, stage: Stage) -> dict[str, Any]:
+        """The searched values of one of its candidates."""
+        return {key: stage.recipe[key.split(".", 1)[1]] for key in self.spec.params}
 
 
 @dataclass(frozen=True)
@@ -100,8 +147,29 @@ class Plan:
     study: Study
     profile: Profile
     runs: tuple[ArmRun, ...]
-    stages: Mapping[str, Stage]  # every stage once, parents before children
+    stages: dict[str, Stage]  # every stage once, parents before children; searches' candidates last
     resources: Resources
+    searches: Mapping[str, SearchTask] = field(default_factory=dict)  # SearchTask.id -> task
+
+    def add_candidate(self, task_id: str, stage: Stage) -> bool:
+        """A search's candidate joins the plan (the one way a plan grows, while its study runs);
+        False if the plan has no such search."""
+        if task_id not in self.searches:
+            return False
+        self.stages.setdefault(stage.id, stage)
+        for run in self.runs:
+            for name, tid in run.searches.items():
+                if tid == task_id and stage.id not in run.candidates.get(name, ()):
+                    run.candidates[name] = (*run.candidates.get(name, ()), stage.id)
+        return True
+
+    def search_of(self, stage_id: str) -> SearchTask | None:
+        """The search that proposed a candidate stage, or None for a planned stage."""
+        for run in self.runs:
+            for name, ids in run.candidates.items():
+                if stage_id in ids:
+                    return self.searches[run.searches[name]]
+        return None
 
     @property
     def arms(self) -> list[str]:
@@ -311,29 +379,6 @@ def scratch_model(model: ModelConfig) -> ModelConfig:
     return ModelConfig.model_validate(keep)  # the variant fills the rest
 
 
-def _search_values(study: Study) -> list[float]:
-    """The candidate values of the searched parameter, drawn by Optuna's seeded quasi-random (Sobol)
-    sampler. They depend on the search spec only, never on results, so the candidates are stages
-    like any other: planned up front, run in parallel, and found again when a study is resumed."""
-    import warnings
-
-    import optuna
-
-    spec = study.search
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # QMCSampler is marked experimental
-        sampler = optuna.samplers.QMCSampler(seed=0, scramble=True, warn_independent_sampling=False)
-        search = optuna.create_study(sampler=sampler, direction="maximize" if spec.mode == "max" else "minimize")
-        distribution = optuna.distributions.FloatDistribution(spec.low, spec.high, log=spec.log)
-        values = []
-        for _ in range(spec.trials):
-            trial = search.ask({"x": distribution})
-            values.append(float(f"{trial.params['x']:.4g}"))
-            search.tell(trial, 0.0)
-    return values
-
-
 def plan(study: Study, profile: Profile) -> Plan:
     """Expand a study into arm runs and a deduplicated stage graph; validate every arm's config."""
     try:
@@ -348,9 +393,10 @@ def _plan(study: Study, profile: Profile) -> Plan:
     study = study.at(profile.name)  # the study's own changes for this scale, if it has any
     resolver = _Resolver(study, profile)
     resources = study.resources or profile.resources
-    search_values = _search_values(study) if study.search is not None else []
     stages: dict[str, Stage] = {}
     runs: list[ArmRun] = []
+    tasks: dict[str, SearchTask] = {}
+    by_content: dict[str, str] = {}  # a search's config, parent and seed -> its id
 
     def add(kind: str, runner: str, config: dict[str, Any], parent: str | None) -> str:
         workers = stage_workers(runner, resources)
@@ -370,7 +416,15 @@ def _plan(study: Study, profile: Profile) -> Plan:
             model, data = _dump(configs["model"]), _dump(configs["data"])
             pre = add("pretrain", "pretrain", {"model": model, "data": data, "pretrain": _dump(configs["pretrain"])},
                       None)
-            ids, candidates = {"pretrain": pre}, {}
+            ids, searches = {"pretrain": pre}, {}
+
+            def search(runner: str, recipe: dict[str, Any], m: dict[str, Any], d: dict[str, Any], parent: str | None,
+                       arm_name: str = arm.name, seed: int = seed) -> str:
+                """The id of the search of this evaluation: one search for arms whose evaluation is
+                the same (e.g. a scratch baseline no arm's pre-training changes), like a shared stage."""
+                task = _search_task(study, arm_name, seed, runner, recipe, m, d, parent, resources)
+                content = canonical_json({"base": task.base, "parent": parent, "seed": seed, "kind": task.kind})
+                return tasks.setdefault(by_content.setdefault(content, task.id), task).id
 
             def evaluation(runner: str, recipe: dict[str, Any], parent: str | None, m=model, d=data) -> tuple[str, str]:
                 section = JOBS[runner][1]
@@ -381,24 +435,27 @@ def _plan(study: Study, profile: Profile) -> Plan:
                 if name == "scratch":
                     recipe = {**_dump(configs["finetune"]), "init": "random", "tune_blocks": None}
                     d = {**data, **{k: DataConfig.model_fields[k].default for k in PRETRAIN_ONLY_DATA_FIELDS}}
-                    ids["scratch"] = evaluation("finetune", recipe, None, _dump(scratch_model(configs["model"])), d)[1]
+                    m = _dump(scratch_model(configs["model"]))
+                    if study.search is not None and study.search.section == "finetune":  # tuned for itself too
+                        searches["scratch"] = search("finetune", recipe, m, d, None)
+                    else:
+                        ids["scratch"] = evaluation("finetune", recipe, None, m, d)[1]
                     continue
                 if name == "partial_finetune" and "finetune" in study.evaluations:
                     continue  # the finetune evaluation below runs this arm's tune_blocks
                 runner = "linear_probe" if name == "linear_probe" else "finetune"
                 recipe = _dump(configs[runner])
                 if study.search is not None and study.search.section == runner:
-                    recipes = _candidates(study, runner, recipe, search_values)
-                    kinds_ids = [evaluation(runner, r, pre) for r in recipes]
-                    candidates[kinds_ids[0][0]] = tuple(sid for _, sid in kinds_ids)
+                    tid = search(runner, recipe, model, data, pre)
+                    searches[tasks[tid].kind] = tid
                 else:
                     kind, sid = evaluation(runner, recipe, pre)
                     ids[kind] = sid
             axes = {key: _resolved(configs, key) for key in study.varied_keys}
-            runs.append(ArmRun(arm.name, seed, axes, ids, candidates))
+            runs.append(ArmRun(arm.name, seed, axes, ids, searches))
     ordered = {sid: s for sid, s in stages.items() if s.parent is None}
     ordered.update({sid: s for sid, s in stages.items() if s.parent is not None})
-    return Plan(study, profile, tuple(runs), ordered, resources)
+    return Plan(study, profile, tuple(runs), ordered, resources, tasks)
 
 
 def with_min_steps(configs: dict[str, BaseModel], resources: Resources) -> dict[str, BaseModel]:
@@ -423,17 +480,21 @@ def with_min_steps(configs: dict[str, BaseModel], resources: Resources) -> dict[
     return out
 
 
-def _candidates(study: Study, runner: str, recipe: dict[str, Any], values: list[float]) -> list[dict[str, Any]]:
-    """The searched recipe at each candidate value; each must be a valid config too."""
-    section, name = study.search.param.split(".", 1)
-    out = []
-    for i, value in enumerate(values):
-        try:
-            out.append(_dump(SECTIONS[section].model_validate({**recipe, name: value})))
-        except ValidationError as e:
-            raise from_validation(None, e, where=lambda p: (study.source, "search"),
-                                  suffix=f" (candidate {i + 1}: {study.search.param}={value})") from None
-    return out
+def _search_task(study: Study, arm: str, seed: int, runner: str, recipe: dict[str, Any], model: dict[str, Any],
+                 data: dict[str, Any], parent: str | None, resources: Resources) -> SearchTask:
+    """The (arm, seed)'s searched evaluation; each end of every range (and each choice) must make a
+    valid recipe, so a bad range is refused before anything runs."""
+    kind = "linear_probe" if runner == "linear_probe" else _eval_kind(recipe)
+    task = SearchTask(study.name, f"{arm}/seed{seed}/{kind}", seed, kind, runner,
+                      {"model": model, "data": data, JOBS[runner][1]: recipe}, parent,
+                      stage_workers(runner, resources), study.search)
+    for key, space in study.search.space.items():
+        for value in space.choices if space.choices is not None else (space.low, space.high):
+            try:
+                task.stage({key: int(value) if space.integer else value})
+            except StudyError as e:
+                raise StudyError(study.source, f"search.space.{key}", e.message) from None
+    return task
 
 
 def _resolved(configs: Mapping[str, BaseModel], key: str) -> Any:
@@ -463,11 +524,13 @@ def union(name: str, plans: list[Plan], description: str = "", source: Path | No
     for p in plans:  # each plan lists parents first; a parent another plan listed is earlier still
         for sid, stage in p.stages.items():
             stages.setdefault(sid, stage)
-    runs = tuple(ArmRun(f"{p.study.name}/{r.arm}", r.seed, r.axes, r.stages, r.candidates) for p in plans
-                 for r in p.runs)
+    # the same `candidates` dict as the study's run: a candidate added to one is in both
+    runs = tuple(ArmRun(f"{p.study.name}/{r.arm}", r.seed, r.axes, r.stages, r.searches, r.candidates)
+                 for p in plans for r in p.runs)
+    searches = {tid: task for p in plans for tid, task in p.searches.items()}
     evaluations = list(dict.fromkeys(e for p in plans for e in p.study.evaluations))
     seeds = sorted({s for p in plans for s in p.study.seeds})
     # Not validated again: its studies were (a suite with partial fine-tuning in some study has no blocks of its own).
     study = Study.model_construct(name=name, description=description, evaluations=evaluations, seeds=seeds)
     study._source = Path(source) if source is not None else None
-    return Plan(study, first.profile, runs, stages, usual)
+    return Plan(study, first.profile, runs, stages, usual, searches)

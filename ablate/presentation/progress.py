@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -13,7 +13,7 @@ from rich.text import Text
 
 from ablate.execution import store
 from ablate.planning.cost import estimate, parallel_trials
-from ablate.planning.plan import Plan
+from ablate.planning.plan import Plan, Stage
 
 PLAIN_EVERY_S = 10.0  # plain output: at most one epoch line per stage this often (and the last epoch)
 # The metric worth watching per stage kind.
@@ -31,9 +31,11 @@ class TimeLeft:
     stage's model."""
 
     def __init__(self, plan: Plan) -> None:
+        self.plan = plan
         self.estimates = {sid: estimate(stage, plan.profile).seconds for sid, stage in plan.stages.items()}
         self.kinds = {sid: stage.kind for sid, stage in plan.stages.items()}
         self.slots = parallel_trials(plan)
+        self.more: Callable[[], list[Stage]] = list  # stages like the candidates searches will still propose
         self.seen_at_once = 0
         self.spent: dict[str, float] = {}  # per stage kind: seconds its finished stages took
         self.expected: dict[str, float] = {}  # and their estimates
@@ -41,8 +43,14 @@ class TimeLeft:
     def running(self, count: int) -> None:
         self.seen_at_once = max(self.seen_at_once, count)
 
+    def _estimate(self, stage: Stage) -> float | None:
+        if stage.id not in self.estimates:  # a search's candidate, proposed during the run
+            self.estimates[stage.id] = estimate(stage, self.plan.profile).seconds
+            self.kinds[stage.id] = stage.kind
+        return self.estimates[stage.id]
+
     def ended(self, stage_id: str, seconds: float) -> None:
-        expected, kind = self.estimates.get(stage_id), self.kinds.get(stage_id)
+        expected, kind = self._estimate(self.plan.stages[stage_id]), self.kinds.get(stage_id)
         if expected and kind:
             self.spent[kind] = self.spent.get(kind, 0.0) + seconds
             self.expected[kind] = self.expected.get(kind, 0.0) + expected
@@ -60,10 +68,15 @@ class TimeLeft:
         for sid, state in states.items():
             if state != store.PENDING:
                 continue
-            expected = self.estimates.get(sid)
+            expected = self._estimate(self.plan.stages[sid])
             if expected is None:
                 return None
             left += max(expected * self.scale(self.kinds[sid]) - running.get(sid, 0.0), 0.0)
+        for stage in self.more():
+            expected = estimate(stage, self.plan.profile).seconds
+            if expected is None:
+                return None
+            left += expected * self.scale(stage.kind)
         return left / max(self.seen_at_once or self.slots, 1)
 
 
@@ -121,6 +134,7 @@ class LiveView:
         values = list(self.states.values())
         return {"done": values.count(store.DONE), "running": len(self.running),
                 "failed": values.count(store.FAILED), "blocked": values.count(store.BLOCKED),
+                "pruned": values.count(store.PRUNED),
                 "pending": values.count(store.PENDING) - len(self.running), "total": len(values)}
 
     def summary(self) -> str:
@@ -129,6 +143,8 @@ class LiveView:
                  f"{c['pending']} pending"]
         if c["blocked"]:
             parts.append(f"{c['blocked']} blocked")
+        if c["pruned"]:
+            parts.append(f"{c['pruned']} pruned")
         if c["pending"] or c["running"]:
             now = time.time()
             running = {sid: now - info["since"] for sid, info in self.running.items()}
@@ -157,6 +173,7 @@ class LiveView:
 
     def stage_started(self, stage_id: str) -> None:
         self.running.setdefault(stage_id, {"since": time.time()})
+        self.states.setdefault(stage_id, store.PENDING)  # a search's candidate, new to the plan
         self.time_left.running(len(self.running))
         if self._live is None:
             self._say(f"start   {stage_label(self.plan, stage_id)} ({stage_id})")

@@ -15,7 +15,8 @@ from typing import Any, Callable
 import pandas as pd
 
 import dashboards
-from ablate.execution import store
+from ablate.execution import search, store
+from ablate.execution.search import best_candidate
 from ablate.planning.plan import ArmRun, Plan
 from ablate.spec.suite import Suite
 from core.files import replacing, write_text
@@ -43,24 +44,14 @@ def _row_status(stage_states: list[str]) -> Status:
     return PENDING
 
 
-def _best_candidate(plan: Plan, out_root: Path, ids: tuple[str, ...]) -> tuple[str | None, float]:
-    """The candidate with the best validation metric among those done."""
-    spec = plan.study.search
-    best, best_value = None, math.nan
-    for sid in ids:
-        value = (store.result(out_root, sid) or {}).get(spec.metric)
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
-            continue
-        if best is None or (value > best_value if spec.mode == "max" else value < best_value):
-            best, best_value = sid, float(value)
-    return best, best_value
+CHOSEN = "chosen."  # results.csv: `chosen.<searched key>`, the best candidate's value of each searched field
 
 
 def chosen_stages(plan: Plan, out_root: Path, run: ArmRun) -> dict[str, str]:
     """The arm's stage per name, with a searched evaluation resolved to its best candidate."""
     chosen = dict(run.stages)
-    for name, ids in run.candidates.items():
-        best, _ = _best_candidate(plan, out_root, ids)
+    for name in run.searches:
+        best, _ = best_candidate(plan, out_root, run, name)
         if best is not None:
             chosen[name] = best
     return chosen
@@ -69,28 +60,34 @@ def chosen_stages(plan: Plan, out_root: Path, run: ArmRun) -> dict[str, str]:
 def results_table(plan: Plan, out_root: Path, states: dict[str, str] | None = None) -> pd.DataFrame:
     states = states or store.states(out_root, plan.stages, {s.id: s.parent for s in plan.stages.values()})
     rows = []
+    finished = search.finished(plan, out_root) if plan.searches else {}
     for run in plan.runs:
         ids = [*run.stages.values(), *(sid for c in run.candidates.values() for sid in c)]
-        stage_states = [states[sid] for sid in ids]
+        stage_states = [states.get(sid, store.PENDING) for sid in run.stages.values()]
         row: dict[str, Any] = dict(zip(KEYS, (plan.study.name, run.arm, run.seed, _row_status(stage_states))))
-        if run.candidates and row["status"] == FAILED:  # a failed candidate is only one try
-            others = [states[sid] for sid in run.stages.values()]
-            picked = [_best_candidate(plan, out_root, c)[0] for c in run.candidates.values()]
-            if all(p is not None for p in picked) and all(s == store.DONE for s in others):
-                row["status"] = DONE
+        if run.searches and row["status"] == DONE:  # a search is done when its budget is spent (or all failed)
+            picked = [best_candidate(plan, out_root, run, name)[0] for name in run.searches]
+            spent = all(finished.get(run.searches[name], False) for name in run.searches)
+            row["status"] = DONE if spent and all(p is not None for p in picked) else (FAILED if spent else PENDING)
         row.update(run.axes)
         for name, sid in chosen_stages(plan, out_root, run).items():
             result = store.result(out_root, sid) or {}
             for key, column in COLUMNS.get(name, {}).items():
                 if key in result:
                     row[column] = result[key]
-        for name, ids_ in run.candidates.items():
-            best, value = _best_candidate(plan, out_root, ids_)
+        for name in run.searches:
+            task = plan.searches[run.searches[name]]
+            best, value = best_candidate(plan, out_root, run, name)
             row["search_metric"] = value
+            row["search_candidates"] = len(run.candidates.get(name, ()))
+            row["search_pruned"] = sum(states.get(sid) == store.PRUNED for sid in run.candidates.get(name, ()))
             if best is not None:
-                row["search_value"] = plan.stages[best].recipe[plan.study.search.param.split(".", 1)[1]]
-        errors = [store.error_line(out_root, sid) for sid in ids if states[sid] == store.FAILED]
-        blocked = [sid for sid in ids if states[sid] == store.BLOCKED]
+                for key, chosen in task.values(plan.stages[best]).items():
+                    row[f"{CHOSEN}{key}"] = chosen
+                if len(task.spec.params) == 1:
+                    row["search_value"] = task.values(plan.stages[best])[task.spec.params[0]]
+        errors = [store.error_line(out_root, sid) for sid in ids if states.get(sid) == store.FAILED]
+        blocked = [sid for sid in ids if states.get(sid) == store.BLOCKED]
         if errors:
             row["error"] = errors[0]
         elif blocked:
@@ -163,9 +160,34 @@ def write_report(plan: Plan, out_root: Path, study_dir: Path, results: pd.DataFr
     from dashboards.report import write_report as dashboards_report  # matplotlib: only when drawing
 
     folder, study, recon = study_dir / REPORT, study_info(plan), recon_files(plan, out_root)
-    return _drawn(folder, _inputs_digest(plan, study, results, history, mlflow, recon), force, lambda: dashboards_report(
+    digest = _inputs_digest(plan, study, results, history, mlflow, recon, searched(plan, out_root))
+    return _drawn(folder, digest, force, lambda: dashboards_report(
         folder, study=study, results=results, history=history, figures=list(plan.study.figures),
-        tables=list(plan.study.tables), recon_files=recon, mlflow=MlflowLinks.from_mapping(mlflow)))
+        tables=list(plan.study.tables), recon_files=recon, mlflow=MlflowLinks.from_mapping(mlflow),
+        searches=search_studies(plan, out_root), search_note=" ".join(search.describe(plan)),
+        search_metric=next((t.spec.metric for t in plan.searches.values()), "validation metric")))
+
+
+def searched(plan: Plan, out_root: Path) -> list[str]:
+    """What the searches' state is read from: each storage file with its size and time (in the digest)."""
+    out = []
+    for url in sorted({search.storage_url(t, out_root) for t in plan.searches.values()}):
+        path = Path(url)
+        out.append(f"{url}:{path.stat().st_size}:{path.stat().st_mtime_ns}" if path.is_file() else url)
+    return out
+
+
+def search_studies(plan: Plan, out_root: Path) -> dict[str, dict[int, Any]]:
+    """The report's searches: "<arms> · <evaluation>" -> {seed: its Optuna study} (a search that
+    several arms share, e.g. one scratch baseline, under all their names)."""
+    grouped: dict[str, dict[int, Any]] = {}
+    for tid, task in plan.searches.items():
+        users = [(run, name) for run in plan.runs for name, t in run.searches.items() if t == tid]
+        label = f"{', '.join(dict.fromkeys(run.arm for run, _ in users))} · {users[0][1]}"
+        study = search.load(task, out_root)
+        if study is not None:
+            grouped.setdefault(label, {})[task.seed] = study
+    return grouped
 
 
 def _drawn(folder: Path, digest: str, force: bool, draw: Callable[[], Path]) -> Path:
@@ -186,11 +208,12 @@ def _dashboards_code(h: Any) -> None:
 
 
 def _inputs_digest(plan: Plan, study: StudyInfo, results: pd.DataFrame, history: pd.DataFrame, mlflow: dict | None,
-                   recon: dict[str, Path]) -> str:
+                   recon: dict[str, Path], searches: list[str] | None = None) -> str:
     """A digest of everything the report is drawn from, the dashboards' own code included."""
     h = hashlib.sha256()
     for part in (results.to_csv(index=False), history.to_csv(index=False), repr(study),
-                 json.dumps(mlflow, sort_keys=True, default=str), repr((plan.study.figures, plan.study.tables))):
+                 json.dumps(mlflow, sort_keys=True, default=str), repr((plan.study.figures, plan.study.tables)),
+                 repr(searches or [])):
         h.update(part.encode() + b"\0")
     for arm, path in sorted(recon.items()):
         stat = path.stat()

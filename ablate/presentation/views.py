@@ -7,10 +7,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ablate.execution import lease, store
+from ablate.execution import lease, search, store
 from ablate.execution.runner import Outcome, current_states
 from ablate.planning.cost import estimate, parallel_trials
-from ablate.planning.plan import Plan
+from ablate.planning.plan import Plan, Stage
 from ablate.presentation.results import RESULTS
 from ablate.spec.suite import Suite
 
@@ -42,9 +42,11 @@ class ToRun:
         self.images, self.unknown, self.gpu_seconds = 0, False, 0.0
         self.seconds: dict[tuple[int, int], float] = {}  # (slots, workers) -> trial seconds: sizes pack differently
 
-    def add(self, plan: Plan, sid: str) -> None:
-        stage = plan.stages[sid]
+    def add(self, plan: Plan, sid: str, stage: Stage | None = None, times: int = 1) -> None:
+        """The stage `sid` of the plan, or `times` stages like `stage` (a search's candidates to come)."""
+        stage = stage or plan.stages[sid]
         cost = estimate(stage, plan.profile)
+        cost = type(cost)(cost.images * times, None if cost.seconds is None else cost.seconds * times)
         self.images += cost.images
         self.unknown |= cost.seconds is None
         key = (parallel_trials(plan, stage.workers), stage.workers)
@@ -99,12 +101,29 @@ def plan_table(plan: Plan, out_root: Path, console: Console) -> None:
             seen.add(sid)
             table.add_row(run.arm, str(run.seed), name, sid, state, plan.trial_resources(sid), f"{cost.images:,}",
                           duration(cost.seconds))
+        for name, tid in run.searches.items():  # candidates still to propose: the budget's upper bound
+            task = plan.searches[tid]
+            left = task.spec.total - len(run.candidates.get(name, ()))
+            if tid in seen:  # one search that several arms share (like a shared stage)
+                table.add_row(run.arm, str(run.seed), f"{name} search", "", "shared", "", "", "")
+                continue
+            seen.add(tid)
+            if left <= 0:
+                continue
+            costliest = max(search.corners(task), key=lambda st: estimate(st, plan.profile).images)
+            cost = estimate(costliest, plan.profile)
+            todo.add(plan, costliest.id, costliest, left)
+            table.add_row(run.arm, str(run.seed), f"{name} search", f"{left} of {task.spec.total} candidates",
+                          f"to propose ({task.spec.sampler})", plan.resources.describe(costliest.workers),
+                          f"<={cost.images * left:,}", f"<={duration(None if cost.seconds is None else cost.seconds * left)}")
     console.print(table)
     counts = {s: list(states.values()).count(s) for s in (store.DONE, store.FAILED, store.BLOCKED, store.PENDING)}
     console.print(f"{len(plan.arms)} arm(s) x {len(study.seeds)} seed(s): {len(plan.stages)} distinct stages, "
                   f"{counts[store.DONE]} done, {counts[store.FAILED]} failed, {counts[store.BLOCKED]} blocked, "
                   f"{counts[store.PENDING]} to run; {resources_summary(plan)}")
     console.print(f"to run: {todo.images:,} images; {todo.timing()}. {speeds(plan)}")
+    for line in search.describe(plan):
+        console.print(line)
     console.print(f"stage folders: {store.stages_root(out_root)}/<stage id>/ (nothing was run or written)")
 
 
@@ -154,6 +173,9 @@ def status_table(plan: Plan, out_root: Path, console: Console) -> None:
                   else ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
         if states[sid] == store.BLOCKED:
             detail = f"waits for {stage.parent}, which failed"
+        if states[sid] == store.PRUNED:
+            why = store.read_json(store.stage_dir(out_root, sid) / store.PRUNE) or {}
+            detail = f"pruned after {why.get('epochs_done', '?')} epoch(s): {why.get('metric')} {why.get('value', '?')}"
         owner = lease.live_holder(store.stage_dir(out_root, sid)) if states[sid] == store.PENDING else None
         if owner is not None:
             detail = f"running now: {owner}"
@@ -166,12 +188,40 @@ def status_table(plan: Plan, out_root: Path, console: Console) -> None:
         for note in store.warnings(out_root, sid):
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(note.get("time", 0))))
             console.print(f"warning {sid} ({stamp}): {note['message']}")
-    counts = {s: list(states.values()).count(s) for s in (store.DONE, store.FAILED, store.BLOCKED, store.PENDING)}
-    console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + f" of {len(states)} stages "
-                  f"(store: {store.stages_root(out_root)})")
+    counts = {s: list(states.values()).count(s)
+              for s in (store.DONE, store.FAILED, store.BLOCKED, store.PRUNED, store.PENDING)}
+    console.print(", ".join(f"{n} {s}" for s, n in counts.items() if n or s != store.PRUNED)
+                  + f" of {len(states)} stages (store: {store.stages_root(out_root)})")
+    for line in search_status(plan, out_root):
+        console.print(line)
     console.print(store_line(out_root, plan))
     if stale:
         console.print(stale_line(stale))
+
+
+def search_status(plan: Plan, out_root: Path) -> list[str]:
+    """Per search: candidates complete, pruned, running, failed of its budget, and the best so far."""
+    from ablate.execution.search import best_candidate
+
+    lines = []
+    counts = search.counts(plan, out_root)
+    for run in plan.runs:
+        for name, tid in run.searches.items():
+            task, c = plan.searches[tid], counts[tid]
+            line = (f"search {run.arm}/seed{run.seed}/{name}: {sum(v for k, v in c.items() if k != 'budget')} of "
+                    f"{c['budget']} candidates: {c.get('COMPLETE', 0)} complete, {c.get('PRUNED', 0)} pruned, "
+                    f"{c.get('RUNNING', 0)} running, {c.get('FAIL', 0)} failed")
+            best, value = best_candidate(plan, out_root, run, name)
+            if best is not None:
+                chosen = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                   for k, v in task.values(plan.stages[best]).items())
+                line += f"; best {task.spec.metric} {value:.4g} at {chosen} ({best})"
+            lines.append(line)
+    if plan.searches:
+        where = {search.storage_url(t, out_root) for t in plan.searches.values()}
+        lines.append(f"Optuna storage: {', '.join(sorted(where))} (optuna.load_study(study_name='<arm>/seed<k>/"
+                     f"<evaluation>', storage=...))")
+    return lines
 
 
 def human_bytes(n: float) -> str:

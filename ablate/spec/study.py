@@ -109,37 +109,145 @@ class Resources(Frozen):
         return one if workers == 1 else f"{workers} workers x {one}"
 
 
-class Search(Frozen):
-    """Per arm, try `trials` values of one evaluation hyper-parameter and keep the best by a
-    VALIDATION metric (never the test one); the arm reports that trial's test metrics."""
+class Range(Frozen):
+    """One searched field: a range (`low`..`high`, `log` scale, `int` values) or a list of `choices`."""
 
-    param: str
-    low: float
-    high: float
+    low: float | None = None
+    high: float | None = None
     log: bool = False
-    trials: int = Field(4, ge=1, le=64)
+    integer: bool = Field(False, alias="int")
+    choices: list[Any] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> Range:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None or self.log or self.integer:
+                raise ValueError("give either choices: [...] or low/high (with log, int), not both")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("give low and high (a range) or choices: [...]")
+        if not self.low < self.high:
+            raise ValueError(f"low {self.low:g} must be below high {self.high:g}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log-scale range needs low > 0, got {self.low:g}")
+        if self.integer and not (float(self.low).is_integer() and float(self.high).is_integer()):
+            raise ValueError(f"an int range needs whole low and high, got {self.low:g} and {self.high:g}")
+        return self
+
+    def grid(self, points: int) -> list[Any]:
+        """`points` values evenly spaced over the range (on the log scale if `log`), or the choices."""
+        if self.choices is not None:
+            return list(self.choices)
+        import numpy as np
+
+        values = (np.geomspace if self.log else np.linspace)(self.low, self.high, points)
+        if self.integer:
+            return list(dict.fromkeys(int(round(v)) for v in values))
+        return [float(f"{v:.6g}") for v in values]
+
+
+SAMPLERS = ("tpe", "grid")
+PRUNERS = ("halving", "median", "none")
+
+
+class Search(Frozen):
+    """Per arm and seed, try `budget` candidates for one evaluation's recipe fields (`space`) and
+    keep the best by a VALIDATION metric (never the test one); the arm reports that candidate's test
+    metrics. `sampler: tpe` (Optuna's TPE, adaptive: each candidate is proposed from the results so
+    far, after `startup` random ones) or `grid` (the fixed list: each range at evenly spaced points).
+    The `pruner` stops candidates whose per-epoch validation metric is clearly behind. At most
+    `parallel` candidates of one search run at once. `storage`: an Optuna storage URL (e.g. a
+    database server's, for drivers on several machines); default a journal file in the study folder."""
+
+    space: dict[str, Range] = Field(min_length=1)
+    budget: int = Field(8, ge=1, le=256)
     metric: str = "ft_val_top1"
     mode: Literal["max", "min"] = "max"
+    sampler: Literal["tpe", "grid"] = "tpe"
+    startup: int | None = Field(None, ge=1)
+    pruner: Literal["halving", "median", "none"] = "halving"
+    parallel: int = Field(2, ge=1)
+    storage: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_param(cls, data: Any) -> Any:
+        """The earlier one-field form `{param, low, high, log, trials}` -> space and budget."""
+        if isinstance(data, dict) and "param" in data:
+            data = dict(data)
+            param = data.pop("param")
+            bounds = {k: data.pop(k) for k in ("low", "high", "log") if k in data}
+            data.setdefault("space", {param: bounds})
+            if "trials" in data:
+                data["budget"] = data.pop("trials")
+        return data
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _space(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise StudyError(None, "search.space", "expected a mapping of dotted key -> {low, high[, log, int]} "
+                                                   "or {choices: [...]}")
+        sections = set()
+        for key in value:
+            section, _ = split_key(key, f"search.space.{key}")
+            if section not in ("linear_probe", "finetune"):
+                raise StudyError(None, f"search.space.{key}", "only linear_probe.* and finetune.* fields can be "
+                                 "searched (a pre-training search would multiply pre-training)")
+            sections.add(section)
+        if len(sections) > 1:
+            raise StudyError(None, "search.space", "one search tunes one evaluation: linear_probe.* or finetune.* "
+                                                   "fields, not both")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> Search:
-        section, _ = split_key(self.param, "search.param")
-        if section not in ("linear_probe", "finetune"):
-            raise StudyError(None, "search.param", "only linear_probe.* and finetune.* fields can be searched "
-                                                   "(a pre-training search would multiply pre-training)")
-        if not self.low < self.high:
-            raise StudyError(None, "search.low", f"low {self.low} must be below high {self.high}")
-        if self.log and self.low <= 0:
-            raise StudyError(None, "search.low", f"a log-scale search needs low > 0, got {self.low}")
-        prefix = {"linear_probe": "lin_val_", "finetune": "ft_val_"}[section]
+        prefix = {"linear_probe": "lin_val_", "finetune": "ft_val_"}[self.section]
         if not self.metric.startswith(prefix):
-            raise StudyError(None, "search.metric", f"searching {self.param} is judged on a validation metric of "
-                                                    f"that stage: '{prefix}top1' or '{prefix}top5', got {self.metric!r}")
+            raise StudyError(None, "search.metric", f"searching {self.params[0]} is judged on a validation metric "
+                                                    f"of that stage: '{prefix}top1' or '{prefix}top5', got "
+                                                    f"{self.metric!r}")
+        if self.startup is not None and self.startup > self.budget:
+            raise StudyError(None, "search.startup", f"{self.startup} random start-up candidates exceed the budget "
+                                                     f"of {self.budget}")
+        if self.sampler == "grid":
+            self.grid()  # a grid that does not fit the budget is refused here
         return self
 
     @property
+    def params(self) -> list[str]:
+        return list(self.space)
+
+    @property
+    def total(self) -> int:
+        """How many candidates the search runs: the budget, or a grid's size where it is smaller."""
+        return self.budget if self.sampler == "tpe" else len(self.grid())
+
+    @property
     def section(self) -> str:
-        return self.param.partition(".")[0]
+        return self.params[0].partition(".")[0]
+
+    @property
+    def startup_trials(self) -> int:
+        """TPE's random start-up candidates: `startup`, or a third of the budget (at most 10).
+        Optuna's default 10 would make a laptop budget of 8 pure random search."""
+        return self.startup if self.startup is not None else min(10, max(1, -(-self.budget // 3)))
+
+    def grid(self) -> list[dict[str, Any]]:
+        """The grid sampler's candidates: every combination of the choices, with each range at as
+        many evenly spaced points as fit the budget (all of it with one range)."""
+        import itertools
+        import math
+
+        fixed = math.prod(len(r.choices) for r in self.space.values() if r.choices is not None)
+        ranges = sum(1 for r in self.space.values() if r.choices is None)
+        points = int(math.floor((self.budget / fixed) ** (1 / ranges) + 1e-9)) if ranges else 1
+        if fixed > self.budget or (ranges and points < 2):
+            raise StudyError(None, "search.budget", f"a grid over this space needs more than {self.budget} "
+                                                    f"candidates (at least {fixed * 2 ** ranges}); raise the budget "
+                                                    f"or use sampler: tpe")
+        axes = [r.grid(points) for r in self.space.values()]
+        return [dict(zip(self.params, combo)) for combo in itertools.product(*axes)]
 
 
 class AtScale(Frozen):
@@ -263,8 +371,8 @@ class Study(Frozen):
             raise StudyError(None, "trend", f"{self.trend!r} is not a key the arms vary; "
                                             f"allowed: {', '.join(self.varied_keys) or 'none'}")
         if self.search is not None and self.search.section not in self.evaluations:
-            raise StudyError(None, "search.param", f"searches {self.search.param} but '{self.search.section}' is not "
-                                                   f"in evaluations")
+            raise StudyError(None, "search.space", f"searches {self.search.params[0]} but '{self.search.section}' is "
+                                                   f"not in evaluations")
         return self
 
     @property

@@ -41,7 +41,7 @@ PARENT_ROLE, CHILD_ROLE = "study", "stage"
 SUMMARY = "summary.json"  # the parent run's table: per arm, each metric's mean and interval over seeds
 LOGGED_ARTIFACTS = "mlflow.loggedArtifacts"  # the tag that lists a run's tables (mlflow.utils.mlflow_tags)
 RENAME = {"pretrain": {"loss": "pretrain_loss"}}
-END_STATUS = {store.DONE: "FINISHED", store.FAILED: "FAILED"}
+END_STATUS = {store.DONE: "FINISHED", store.FAILED: "FAILED", store.PRUNED: "KILLED"}  # MLflow has no "pruned"
 LEFT_OPEN = ("RUNNING", "KILLED")  # a run its driver did not end (killed), or ended as interrupted
 
 
@@ -269,6 +269,9 @@ class StudyTracker:
                 "profile": self.plan.profile.name, "stage_id": stage_id, "stage": names[0] if names else stage.kind,
                 "kind": stage.kind, "arm": ", ".join(arms)[:4000], "seed": ",".join(map(str, seeds)),
                 "parent_stage_id": stage.parent or "", "stage_dir": str(store.stage_dir(self.out_root, stage_id).resolve())}
+        task = self.plan.search_of(stage_id)
+        if task is not None:  # a search's candidate: which search, and (when it ends) how: tags search.*
+            tags.update({"search": task.name, "search.sampler": task.spec.sampler, "search.metric": task.spec.metric})
         run_name = f"{arms[0] if len(arms) == 1 else f'{len(arms)} arms'}/{tags['stage']}"
         run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags).info.run_id
         params = {k: _param(v) for k, v in lineage_config(self.plan, stage_id).items()}
@@ -334,6 +337,12 @@ class StudyTracker:
         notes = [w["message"] for w in store.warnings(self.out_root, stage_id)]
         if notes:  # e.g. a damaged checkpoint skipped on resume
             self.client.set_tag(run_id, "warnings", "\n".join(notes)[-4000:])
+        if state == store.PRUNED:
+            why = store.read_json(folder / store.PRUNE) or {}
+            self.client.log_batch(run_id, tags=[RunTag("search.state", "PRUNED"),
+                                                RunTag("search.pruned_after_epochs", str(why.get("epochs_done", "")))])
+        elif self.plan.search_of(stage_id) is not None and state == store.DONE:
+            self.client.set_tag(run_id, "search.state", "COMPLETE")
         if error:
             self.client.set_tag(run_id, "error", error[:4000])
         elif "error" in self.client.get_run(run_id).data.tags:  # a failed stage that now succeeded
@@ -440,6 +449,18 @@ class StudyTracker:
         if {"path": SUMMARY, "type": "table"} not in logged:  # the UI and mlflow.load_table find it as a table
             self.client.set_tag(self.parent_id, LOGGED_ARTIFACTS,
                                 json.dumps([*logged, {"path": SUMMARY, "type": "table"}]))
+
+    def mark_chosen(self) -> None:
+        """Tag each search's best candidate so far `search.best = true` (the others false): the UI's
+        filter `tags.search.best = 'true'` lists the candidates the results use."""
+        from ablate.execution.search import best_candidate
+
+        for run in self.plan.runs:
+            for name in run.searches:
+                best, _ = best_candidate(self.plan, self.out_root, run, name)
+                for sid in run.candidates.get(name, ()):
+                    if store.state(self.out_root, sid) in END_STATUS:
+                        self.client.set_tag(self.child(sid), "search.best", str(sid == best).lower())
 
     def log_study_metrics(self, counts: dict[str, int]) -> None:
         now = int(time.time() * 1000)
