@@ -288,3 +288,16 @@ def test_a_stage_two_running_searches_share_stops_only_when_both_pruners_say_so(
     assert states == {"halv": ["COMPLETE", "PRUNED"], "full": ["COMPLETE", "COMPLETE"]}
     assert searches.studies[tid["full"]].get_trials()[1].value == 60.0
     assert not (store.stage_dir(out, second.id) / store.PRUNE).exists()
+
+
+def test_a_grid_search_proposes_its_points_in_order_and_ends_at_its_size(tmp_path):
+    study = write_study(tmp_path, "gr", budget=5, startup=1)
+    study.write_text(study.read_text().replace("budget: 5", "budget: 5\n  sampler: grid"))
+    outcome = run_planted(study, tmp_path / "runs")
+    assert not outcome.interrupted
+    found = trials(tmp_path / "runs", "gr")
+    points = [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+    assert [t.params["finetune.blr"] for t in found] == pytest.approx(points)
+    assert [t.state.name for t in found] == ["COMPLETE"] * 5
+    row = pd.read_csv(tmp_path / "runs" / "gr" / "results.csv").iloc[0]
+    assert row["status"] == "done" and row["chosen.finetune.blr"] == pytest.approx(1e-3)  # nearest 3e-3

@@ -35,6 +35,26 @@ STAGE_ATTR = "stage_id"  # each Optuna trial's user attribute: its candidate's s
 ParentDone = Callable[[str | None], "bool | None"]  # True: done; False: will never be; None: not yet
 
 
+LIVE = ("RUNNING", "COMPLETE", "PRUNED", "FAIL")  # a candidate's states (WAITING: a grid point enqueued, not asked)
+
+
+def trials_of(study) -> list:
+    """The search's candidates: its Optuna trials but a grid point enqueued and not yet proposed."""
+    return [t for t in study.get_trials(deepcopy=False) if t.state.name in LIVE]
+
+
+def enqueue_grid(task: SearchTask, study) -> None:
+    """The grid's next point not yet proposed (in the grid's order, low to high) as Optuna's next trial."""
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state.name == "WAITING" for t in trials):  # enqueued by a run stopped before it asked
+        return
+    asked = [t.params for t in trials]
+    for point in task.spec.grid():
+        if point not in asked:
+            study.enqueue_trial(point)
+            return
+
+
 class Pruned(BaseException):
     """Raised into a candidate's engine (serial backend) when its pruner stops it: not an Exception,
     so nothing in the engine takes it for the stage's failure (the Ray backend stops the trial)."""
@@ -87,13 +107,13 @@ def pruner(task: SearchTask):
 
 
 def sampler(task: SearchTask, number: int):
-    """The sampler of the search's `number`-th proposal, seeded by the search's seed and `number`."""
+    """The sampler of the search's `number`-th proposal, seeded by the search's seed and `number`.
+    A grid's candidates are enqueued (`enqueue_grid`): its sampler draws nothing. (Not Optuna's
+    GridSampler: it calls `study.stop()` when its grid is spent, which raises outside `optimize`.)"""
     optuna = _optuna()
     seed = (task.seed * 1_000_003 + number) % 2**32
     if task.spec.sampler == "grid":
-        grid = task.spec.grid()
-        return optuna.samplers.GridSampler({k: list(dict.fromkeys(c[k] for c in grid)) for k in task.spec.params},
-                                           seed=seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     options = dict(n_startup_trials=task.spec.startup_trials, seed=seed, constant_liar=True,
                    multivariate=len(task.spec.params) > 1)
     with warnings.catch_warnings():
@@ -145,7 +165,7 @@ def found(plan: Plan, out_root: Path) -> Plan:
     run no search): the same plan object, grown."""
     for task in plan.searches.values():
         study = load(task, out_root)
-        for trial in study.get_trials(deepcopy=False) if study is not None else ():
+        for trial in trials_of(study) if study is not None else ():
             if set(trial.params) == set(task.spec.params):
                 plan.add_candidate(task.id, task.stage(trial.params))
     return plan
@@ -156,7 +176,7 @@ def counts(plan: Plan, out_root: Path) -> dict[str, dict[str, int]]:
     out = {}
     for tid, task in plan.searches.items():
         study = load(task, out_root)
-        trials = study.get_trials(deepcopy=False) if study is not None else []
+        trials = trials_of(study) if study is not None else []
         row = {"budget": task.spec.total}
         for trial in trials:
             row[trial.state.name] = row.get(trial.state.name, 0) + 1
@@ -183,7 +203,7 @@ def finished(plan: Plan, out_root: Path) -> dict[str, bool]:
     out = {}
     for tid, task in plan.searches.items():
         study = load(task, out_root)
-        trials = study.get_trials(deepcopy=False) if study is not None else []
+        trials = trials_of(study) if study is not None else []
         out[tid] = len(trials) >= task.spec.total and all(t.state.is_finished() for t in trials)
     return out
 
@@ -237,7 +257,7 @@ class Searches:
         optuna = _optuna()
         for tid, task in self.tasks.items():
             study = self.studies[tid] = load(task, self.out_root, create=True)
-            for trial in study.get_trials(deepcopy=False):
+            for trial in trials_of(study):
                 if set(trial.params) != set(task.spec.params):
                     continue
                 stage = self._join(tid, task.stage(trial.params))
@@ -261,13 +281,16 @@ class Searches:
         or at `parallel` running candidates. A proposal equal to a finished candidate is told its
         result at once (same values, same stage) and counts toward the budget."""
         optuna = _optuna()
+        self.settle()  # a candidate whose end was not told (a listener that failed) frees its slot here
         for tid, task in self.tasks.items():
             study = self.studies[tid]
             while parent_done(task.parent) and self._live(tid) < task.spec.parallel:
-                trials = study.get_trials(deepcopy=False)
+                trials = trials_of(study)
                 if len(trials) >= task.spec.total:
                     break
                 study.sampler = sampler(task, len(trials))
+                if task.spec.sampler == "grid":
+                    enqueue_grid(task, study)
                 trial = study.ask(distributions(task))
                 try:
                     stage = task.stage(trial.params)
@@ -294,8 +317,7 @@ class Searches:
         for tid, task in self.tasks.items():
             if parent_done(task.parent) is False:
                 continue
-            study = self.studies[tid]
-            if len(study.get_trials(deepcopy=False)) < task.spec.total:
+            if len(trials_of(self.studies[tid])) < task.spec.total:
                 return True
         return False
 
@@ -306,7 +328,7 @@ class Searches:
     def samples_left(self) -> list[Stage]:
         """A stage like each candidate still to propose (at its search's base recipe), for estimates."""
         return [task.stage({}) for tid, task in self.tasks.items()
-                for _ in range(max(0, task.spec.total - len(self.studies[tid].get_trials(deepcopy=False))))]
+                for _ in range(max(0, task.spec.total - len(trials_of(self.studies[tid]))))]
 
     def settle(self) -> None:
         """After a wave: each candidate still running in Optuna whose stage ended is told how; one
@@ -318,7 +340,7 @@ class Searches:
 
     def left(self) -> int:
         """Candidates still to propose, over every search (an upper bound of the trials to come)."""
-        return sum(max(0, task.spec.total - len(self.studies[tid].get_trials(deepcopy=False)))
+        return sum(max(0, task.spec.total - len(trials_of(self.studies[tid])))
                    for tid, task in self.tasks.items())
 
     # ------------------------------------------------------------------ results
