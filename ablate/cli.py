@@ -225,7 +225,9 @@ def run(study: StudiesArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAU
                                                        show_default=False)] = None,
         ) -> None:
     """Run a study or a suite of them (or resume it: finished stages are skipped), tracked in MLflow,
-    then draw its report (a suite's: each study's and the combined one, with the paper's findings judged)."""
+    then draw its report (a suite's: each study's and the combined one, with the paper's findings judged).
+    A study's `search:` has Optuna propose its candidates from the results as it runs (and prune the
+    ones behind); a rerun continues the search from its storage in the study folder."""
     from ablate.execution.runner import run_study, run_suite
     from ablate.presentation.views import outcome_summary, suite_summary
 
@@ -309,7 +311,8 @@ def make_backend(name: BackendName, address: str | None, max_concurrent: int | N
 def status(study: StudiesArg, profile: ProfileOpt = None, out: OutOpt = store.DEFAULT_OUT,
            seeds: SeedsOpt = None) -> None:
     """Per-stage state from the stage store: done (and from which numerics version), failed (with the
-    error), blocked or pending; where each ran; this study's (or suite's: every distinct stage of its
+    error), blocked, pruned or pending; where each ran; each search's candidates (complete, pruned,
+    running, failed) and its best so far; this study's (or suite's: every distinct stage of its
     studies) and the whole store's size, and what `ablate clean` frees of each."""
     from ablate.presentation.views import status_table
 

@@ -54,8 +54,9 @@ def _figure(draw: Callable[[], Any], title: str):
         ax = ax.flat[0]
     fig = ax.figure
     fig.suptitle(title, fontsize=10)
-    fig.set_size_inches(max(fig.get_size_inches()[0], 6.4), max(fig.get_size_inches()[1], 4.0))
-    fig.tight_layout()
+    if len(fig.axes) == 1:  # Optuna lays out its several-panel figures (and their colour bar) itself
+        fig.set_size_inches(max(fig.get_size_inches()[0], 6.4), max(fig.get_size_inches()[1], 4.0))
+        fig.tight_layout()
     return fig
 
 
@@ -78,8 +79,11 @@ def figures(label: str, studies: Mapping[int, Any], metric: str = "validation me
         out["epochs"].axes[0].set_xlabel("epochs done")
         out["epochs"].axes[0].set_ylabel(metric)
     if len(complete[0].params) > 1 and len(complete) >= 2:
-        out["importance"] = _figure(lambda: vis.plot_param_importances(pool, target_name=metric),
-                                    f"{label}: importance of each searched field (fANOVA, every seed)")
+        try:  # fANOVA needs scikit-learn (MLflow installs it) and two distinct values of a field
+            out["importance"] = _figure(lambda: vis.plot_param_importances(pool, target_name=metric),
+                                        f"{label}: importance of each searched field (fANOVA, every seed)")
+        except (ImportError, RuntimeError, ValueError):
+            pass
     return out
 
 
@@ -138,5 +142,8 @@ def section(searches: Searches, fig_dir: Path, img: Callable[[Path, str], str], 
                          f'</figcaption></figure>')
         if not drawn:
             parts.append('<p class="note">No candidate is complete yet.</p>')
+        elif "importance" not in drawn:
+            parts.append('<p class="note">One field searched: its importance is 1 by definition, so no '
+                         'importance figure (Optuna\'s fANOVA importances are drawn when several are searched).</p>')
         parts.append("</section>")
     return "".join(parts)

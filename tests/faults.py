@@ -18,7 +18,7 @@ or a kind (`pretrain` matches `pretrain-<hash>`), and the rule fires at the firs
     hold         waits there until the stage named by `when-done=<stage id>` is done (any driver's),
                  holding the stage's lease meanwhile; gives up with an error after HOLD_S
     plant        not a fault: the stage runs `planted` instead of its engine (a validation metric that is a
-                 known function of the fine-tune's blr, for the search tests); `plant:<kind>:0`
+                 known function of the fine-tune's, or the pre-training's, blr: for the search tests); `plant:<kind>:0`
 
 A 4th field `after-done=<n>` holds a rule back until `n` stages of the target kind are done.
 
@@ -29,6 +29,7 @@ that epoch's checkpoint, before its line in metrics.jsonl (the narrowest window 
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -123,7 +124,8 @@ def planted_top1(blr: float, optimum: float = PLANTED_OPTIMUM) -> float:
 
 
 def planted(job, out_dir: Path, report) -> dict:
-    """A stand-in engine: a pre-training of one epoch that learns nothing, and a fine-tune whose
+    """A stand-in engine: a pre-training of one epoch that learns nothing, a linear probe whose
+    validation top-1 is planted_top1 of its pre-training's blr, and a fine-tune whose
     validation top-1 at epoch e of E is planted_top1(blr) * (e + 1) / E (so every epoch ranks the
     candidates as the last does), its test top-1 one point below. The optimum is
     PLANTED_OPTIMUM, or the number in `<out_root>/planted-optimum.txt` where there is one."""
@@ -131,6 +133,11 @@ def planted(job, out_dir: Path, report) -> dict:
     if stage.runner == "pretrain":
         report({"epoch": 0, "loss": 1.0})
         return {"pretrain_loss": 1.0}
+    if stage.runner == "linear_probe":  # a function of its pre-training's blr
+        parent = json.loads((store.stage_dir(Path(job.out_root), stage.parent) / store.CONFIG).read_text())
+        top1 = planted_top1(parent["pretrain"]["blr"])
+        report({"epoch": 0, "lin_val_top1": top1, "lin_top1": top1 - 1.0})
+        return {"lin_top1": top1 - 1.0, "lin_top5": 99.0, "lin_val_top1": top1}
     recipe = stage.recipe
     planted_file = Path(job.out_root) / "planted-optimum.txt"
     optimum = float(planted_file.read_text()) if planted_file.is_file() else PLANTED_OPTIMUM

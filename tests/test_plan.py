@@ -155,7 +155,7 @@ def test_a_search_is_a_task_per_arm_and_seed_whose_values_hash_to_stages():
     assert a.id == stage_id("finetune", a.config, a.parent)  # a candidate is a stage like a planned one
     assert task.stage({"finetune.blr": 2e-3}).id != a.id and task.values(a) == {"finetune.blr": 1e-3}
     # growing the plan: the candidate joins its arm run (once) and the plan's stages
-    assert p.add_candidate(task.id, a) and p.add_candidate(task.id, b)
+    assert p.add_candidate(task.id, [a]) and p.add_candidate(task.id, [b])
     assert p.runs[0].candidates == {"finetune": (a.id,)} and p.runs[1].candidates == {}
     assert p.stages[a.id] == a and p.search_of(a.id) is task and [n for _, n in p.users(a.id)] == ["finetune#1"]
     with pytest.raises(StudyError, match="search.*blr"):

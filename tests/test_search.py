@@ -29,7 +29,7 @@ from tests import faults
 from tests.helpers import PROFILE, mlflow_runs, run, the_plan
 
 ROOT = Path(__file__).resolve().parents[1]
-PLANT = "plant:pretrain:0,plant:finetune:0"
+PLANT = "plant:pretrain:0,plant:finetune:0,plant:linear_probe:0"
 STUDY = """\
 name: {name}
 evaluations: [finetune]
@@ -198,7 +198,8 @@ def test_on_ray_candidates_are_trials_of_the_one_wave_and_pruned_ones_are_stoppe
     faults.install(monkeypatch, PLANT)
     result = run(tmp_path, study)
     assert result.exit_code == 0, result.output
-    assert "wave 1: 1 stage to run" in result.output and "wave 2" not in result.output
+    assert "wave 1: 1 stage and up to 10 stages of search candidates to run" in result.output
+    assert "wave 2" not in result.output
     out = tmp_path / "runs"
     for arm in ("a", "b"):
         found = trials(out, "ray", f"{arm}/seed0/finetune")
@@ -274,13 +275,13 @@ def test_a_stage_two_running_searches_share_stops_only_when_both_pruners_say_so(
         store.write_json_atomic(store.stage_dir(out, sid) / store.RESULT, {"ft_val_top1": value})
         searches.stage_ended(sid, store.DONE, None)
 
-    first = searches.propose(ready)
-    assert searches.propose(ready) is None  # the other search proposed the same values: the same stage
+    (first,) = searches.propose(ready)
+    assert searches.propose(ready) == []  # the other search proposed the same values: the same stage
     assert [tid_ for tid_, _ in searches.running[first.id]] == [tid["halv"], tid["full"]]
     assert epochs(first.id, [80.0] * 6) == [False] * 6
     finish(first.id, 80.0)
-    second = searches.propose(ready)
-    assert searches.propose(ready) is None and second.id != first.id
+    (second,) = searches.propose(ready)
+    assert searches.propose(ready) == [] and second.id != first.id
     # at the first rung it is behind the first candidate: halving prunes its trial, the stage goes on
     assert epochs(second.id, [50.0] * 6) == [False] * 6
     finish(second.id, 60.0)
@@ -301,3 +302,75 @@ def test_a_grid_search_proposes_its_points_in_order_and_ends_at_its_size(tmp_pat
     assert [t.state.name for t in found] == ["COMPLETE"] * 5
     row = pd.read_csv(tmp_path / "runs" / "gr" / "results.csv").iloc[0]
     assert row["status"] == "done" and row["chosen.finetune.blr"] == pytest.approx(1e-3)  # nearest 3e-3
+
+
+def test_a_pretraining_search_runs_each_candidate_with_its_evaluations_and_is_judged_on_one(tmp_path):
+    """pretrain.blr searched, judged on the linear probe's validation top-1 (planted as a function
+    of the pre-training's blr): each candidate is a pre-training and its probe, never pruned, and the
+    arm's results are the best candidate's pre-training and probe."""
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "tiny.yaml").write_text(PROFILE)
+    study = tmp_path / "pre.yaml"
+    study.write_text("name: pre\nevaluations: [linear_probe]\nsearch:\n  space:\n"
+                     "    pretrain.blr: {low: 1.0e-5, high: 1.0e-1, log: true}\n"
+                     "  budget: 5\n  startup: 2\n  metric: lin_val_top1\n")
+    p = the_plan(study)
+    assert p.stages == {} and p.searches[p.runs[0].searches["pretrain"]].spec.pruning == "none"
+    out = tmp_path / "runs"
+    assert not run_planted(study, out).interrupted
+    found = trials(out, "pre", "base/seed0/pretrain")
+    assert [t.state.name for t in found] == ["COMPLETE"] * 5
+    for trial in found:
+        pre = trial.user_attrs[search.STAGE_ATTR]
+        probe = [s for s in store.stages_root(out).iterdir()
+                 if (store.read_json(s / store.CONFIG) or {}).get("probe") and
+                 (store.read_json(s / store.META) or {}).get("parent") == pre]
+        assert len(probe) == 1 and store.state(out, pre) == store.DONE
+        assert trial.value == pytest.approx(faults.planted_top1(trial.params["pretrain.blr"]))
+    best = max(found, key=lambda t: t.value)
+    row = pd.read_csv(out / "pre" / "results.csv").iloc[0]
+    assert row["status"] == "done" and row["chosen.pretrain.blr"] == pytest.approx(best.params["pretrain.blr"])
+    assert row["lin_top1"] == pytest.approx(best.value - 1.0) and row["pretrain_loss"] == 1.0
+    runs = [r for r in mlflow_runs(tmp_path, "pre") if r["role"] == "stage"]
+    assert len(runs) == 10 and all(r["search"] == "base/seed0/pretrain" for r in runs)
+
+
+def test_a_pretraining_search_is_not_pruned_and_is_judged_on_an_evaluation_it_runs(tmp_path):
+    from ablate.errors import StudyError
+    from ablate.spec.study import parse_study
+
+    space = {"pretrain.blr": {"low": 1e-4, "high": 1e-2, "log": True}}
+    with pytest.raises(StudyError, match="search.pruner"):
+        parse_study({"name": "s", "search": {"space": space, "metric": "lin_val_top1", "pruner": "halving"}})
+    with pytest.raises(StudyError, match="search.metric.*'linear_probe' is not in evaluations"):
+        parse_study({"name": "s", "evaluations": ["finetune"], "search": {"space": space, "metric": "lin_val_top1"}})
+    with pytest.raises(StudyError, match="search.metric"):
+        parse_study({"name": "s", "search": {"space": space, "metric": "pretrain_loss"}})
+
+
+def test_on_ray_a_pretraining_candidates_evaluation_follows_it_as_a_trial(tmp_path, ray_session, monkeypatch):
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "tiny.yaml").write_text(PROFILE)
+    study = tmp_path / "rpre.yaml"
+    study.write_text("name: rpre\nevaluations: [linear_probe]\nsearch:\n  space:\n"
+                     "    pretrain.blr: {low: 1.0e-5, high: 1.0e-1, log: true}\n"
+                     "  budget: 3\n  startup: 2\n  metric: lin_val_top1\n")
+    faults.install(monkeypatch, PLANT)
+    result = run(tmp_path, study)
+    assert result.exit_code == 0, result.output
+    assert "rpre: 6/6 stages done" in result.output
+    found = trials(tmp_path / "runs", "rpre", "base/seed0/pretrain")
+    assert [t.state.name for t in found] == ["COMPLETE"] * 3
+
+
+def test_two_fields_searched_get_optunas_importance_figure(tmp_path):
+    study = write_study(tmp_path, "two", budget=6, startup=3)
+    study.write_text(study.read_text().replace(
+        "  budget: 6", "    finetune.layer_decay: {choices: [0.65, 0.75]}\n  budget: 6"))
+    assert not run_planted(study, tmp_path / "runs").interrupted
+    found = trials(tmp_path / "runs", "two")
+    assert len(found) == 6 and all(set(t.params) == {"finetune.blr", "finetune.layer_decay"} for t in found)
+    page = (tmp_path / "runs" / "two" / "report" / "report.html").read_text()
+    assert '<figure id="figure-search_base_finetune_importance"><img' in page
+    row = pd.read_csv(tmp_path / "runs" / "two" / "results.csv").iloc[0]
+    assert row["chosen.finetune.layer_decay"] in (0.65, 0.75) and "search_value" not in row

@@ -33,12 +33,19 @@ class WaveOrder:
         return self.propose()
 
     def propose(self) -> Stage | None:
-        """A search's next candidate, taken; None while none can start."""
-        stage = self.searches.propose(self.parent_state) if self.searches is not None else None
-        if stage is not None:
-            self.ours.add(stage.id)
-            self.proposed.append(stage.id)
-        return stage
+        """A search's next candidate: its stages join the wave (a pre-training search's evaluations
+        wait for their pre-training; a stage the wave has already is not added twice), and the
+        first ready stage is taken; None while none can start."""
+        stages = self.searches.propose(self.parent_state) if self.searches is not None else []
+        new = [s for s in stages if s.id not in self.ours]
+        self.ours.update(s.id for s in new)
+        self.proposed += [s.id for s in new]
+        self.waiting += new
+        ready = self.ready()
+        if ready:
+            self.take(ready[0])
+            return ready[0]
+        return None
 
     @property
     def open(self) -> bool:

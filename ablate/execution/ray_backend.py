@@ -147,6 +147,7 @@ class StageOrder(Searcher):
                  searches: Searches | None = None) -> None:
         super().__init__()
         self.order = WaveOrder(stages, out_root, searches)
+        self.known = {s.id for s in stages}
         self.out_root = Path(out_root)
         self.listeners = listeners
         self.trials: dict[str, str] = {}  # Tune trial id -> stage id
@@ -178,14 +179,20 @@ class StageOrder(Searcher):
         for stage in self.order.ready():
             if not self._held_elsewhere(stage):
                 self.order.take(stage)
-                self.trials[trial_id] = stage.id
-                return {"stage_id": stage.id}
+                return self._config(trial_id, stage)
         candidate = self.order.propose()
-        if candidate is not None:  # not in the trials' stage map: the trial's config carries it
-            self.trials[trial_id] = candidate.id
-            return {"stage_id": candidate.id, "stage": dataclasses.asdict(candidate)}
+        if candidate is not None:
+            return self._config(trial_id, candidate)
         self.order.drop_orphans()
         return None if self.order.open else Searcher.FINISHED
+
+    def _config(self, trial_id: str, stage: Stage) -> dict:
+        """The trial's config: its stage id, and the stage itself where it is a search's candidate
+        (not in the stage map the trials were given)."""
+        self.trials[trial_id] = stage.id
+        if stage.id in self.known:
+            return {"stage_id": stage.id}
+        return {"stage_id": stage.id, "stage": dataclasses.asdict(stage)}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         sid = self.trials.get(trial_id)

@@ -185,7 +185,9 @@ def _run(plans: list[Plan], suite: Suite | None, out_root: Path, *, backend: Bac
         for member in members:
             if final or member.changed:
                 member.changed = False
-                member.outcome.states = {sid: outcome.states[sid] for sid in member.plan.stages}
+                # a search's candidate proposed since the states were read: its state from the store
+                member.outcome.states = {sid: outcome.states.get(sid) or store.state(out_root, sid)
+                                         for sid in member.plan.stages}
                 _publish(member, out_root, final=final, console=console,
                          suite=(suite, members[:-1]) if suite is not None and member is top else None)
 

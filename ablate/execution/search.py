@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ablate.execution import store
-from ablate.planning.plan import ArmRun, Plan, SearchTask, Stage
+from ablate.planning.plan import JOBS, ArmRun, Plan, SearchTask, Stage
 
 STORAGE_FILE = "optuna.journal"
 STAGE_ATTR = "stage_id"  # each Optuna trial's user attribute: its candidate's stage
@@ -97,10 +97,10 @@ def pruner(task: SearchTask):
     the median of the earlier candidates at the same epoch, after the start-up candidates and the
     first third of the epochs."""
     optuna = _optuna()
-    epochs = int(task.base[{"linear_probe": "probe", "finetune": "finetune"}[task.runner]]["epochs"])
-    if task.spec.pruner == "halving":
+    epochs = int(task.base[JOBS[task.runner][1]]["epochs"])
+    if task.spec.pruning == "halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
-    if task.spec.pruner == "median":
+    if task.spec.pruning == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=task.spec.startup_trials,
                                            n_warmup_steps=max(1, epochs // 3))
     return optuna.pruners.NopPruner()
@@ -167,7 +167,7 @@ def found(plan: Plan, out_root: Path) -> Plan:
         study = load(task, out_root)
         for trial in trials_of(study) if study is not None else ():
             if set(trial.params) == set(task.spec.params):
-                plan.add_candidate(task.id, task.stage(trial.params))
+                plan.add_candidate(task.id, task.stages(trial.params))
     return plan
 
 
@@ -184,13 +184,20 @@ def counts(plan: Plan, out_root: Path) -> dict[str, dict[str, int]]:
     return out
 
 
+def candidate_stages(plan: Plan, task: SearchTask, candidate: str) -> list[Stage]:
+    """A candidate's stages (a pre-training search's: the pre-training and its evaluations)."""
+    return task.stages(task.values(plan.stages[candidate])) if task.children else [plan.stages[candidate]]
+
+
 def best_candidate(plan: Plan, out_root: Path, run: ArmRun, name: str) -> tuple[str | None, float]:
-    """The searched evaluation's candidate with the best validation metric among those done (a
-    pruned one has none), and that metric."""
-    spec = plan.searches[run.searches[name]].spec
+    """The search's candidate with the best validation metric among those done (a pruned one has
+    none; a pre-training's is its evaluation's), and that metric."""
+    task = plan.searches[run.searches[name]]
+    spec = task.spec
     best, best_value = None, math.nan
     for sid in run.candidates.get(name, ()):
-        value = (store.result(out_root, sid) or {}).get(spec.metric)
+        judged = task.objective(candidate_stages(plan, task, sid))
+        value = (store.result(out_root, judged.id) or {}).get(spec.metric)
         if not isinstance(value, (int, float)) or not math.isfinite(value):
             continue
         if best is None or (value > best_value if spec.mode == "max" else value < best_value):
@@ -208,12 +215,13 @@ def finished(plan: Plan, out_root: Path) -> dict[str, bool]:
     return out
 
 
-def corners(task: SearchTask) -> list[Stage]:
-    """Candidates at the base recipe and at each end of every range: the costliest bounds the search's cost."""
-    samples = [task.stage({})]
+def corners(task: SearchTask) -> list[list[Stage]]:
+    """Candidates (each its stages) at the base recipe and at each end of every range: the costliest
+    bounds the search's cost."""
+    samples = [task.stages({})]
     for key, space in task.spec.space.items():
         for value in space.choices if space.choices is not None else (space.low, space.high):
-            samples.append(task.stage({key: int(value) if space.integer else value}))
+            samples.append(task.stages({key: int(value) if space.integer else value}))
     return samples
 
 
@@ -228,7 +236,9 @@ def describe(plan: Plan) -> list[str]:
         how = (f"Optuna TPE, {spec.startup_trials} random start-up candidate(s), then each proposed from the results "
                f"so far" if spec.sampler == "tpe" else "a fixed grid (every range at evenly spaced points)")
         pruner = {"halving": "successive halving on the per-epoch", "median": "median stopping on the per-epoch",
-                  "none": "no pruning; judged on the final"}[spec.pruner]
+                  "none": "no pruning; judged on the final"}[spec.pruning]
+        if spec.section == "pretrain":
+            how += "; each candidate a pre-training and the arm's evaluations on it"
         lines.append(f"search: {count} search(es) of {spec.total} candidates over {space}; {how}; {pruner} "
                      f"{spec.metric}; at most {spec.parallel} at once each. Costs above are upper bounds (pruned "
                      f"candidates stop early).")
@@ -260,26 +270,26 @@ class Searches:
             for trial in trials_of(study):
                 if set(trial.params) != set(task.spec.params):
                     continue
-                stage = self._join(tid, task.stage(trial.params))
+                stages = self._join(tid, task.stages(trial.params))
                 if trial.state == optuna.trial.TrialState.RUNNING:
-                    self.running.setdefault(stage.id, []).append((tid, optuna.trial.Trial(study, trial._trial_id)))
-                    state = store.state(self.out_root, stage.id)
-                    if state != store.PENDING:
-                        self.stage_ended(stage.id, state, None)
+                    judged = task.objective(stages)
+                    self.running.setdefault(judged.id, []).append((tid, optuna.trial.Trial(study, trial._trial_id)))
+        self.settle()  # those whose stages ended meanwhile; the others are pending again, to be run
 
-    def _join(self, tid: str, stage: Stage) -> Stage:
+    def _join(self, tid: str, stages: list[Stage]) -> list[Stage]:
         for plan in self.plans:
-            plan.add_candidate(tid, stage)
-        return stage
+            plan.add_candidate(tid, stages)
+        return stages
 
     # ------------------------------------------------------------------ proposing
     def _live(self, tid: str) -> int:
         return sum(1 for entries in self.running.values() for t, _ in entries if t == tid)
 
-    def propose(self, parent_done: ParentDone) -> Stage | None:
-        """A candidate stage to run now, or None: every search whose parent is done is at its budget
-        or at `parallel` running candidates. A proposal equal to a finished candidate is told its
-        result at once (same values, same stage) and counts toward the budget."""
+    def propose(self, parent_done: ParentDone) -> list[Stage]:
+        """A candidate to run now: its stages still to run, the first startable now and the others
+        (a pre-training search's evaluations) once it is done; [] while every search whose parent is
+        done is at its budget or at `parallel` running candidates. A proposal equal to a finished
+        candidate is told its result at once (same values, same stages) and counts toward the budget."""
         optuna = _optuna()
         self.settle()  # a candidate whose end was not told (a listener that failed) frees its slot here
         for tid, task in self.tasks.items():
@@ -293,23 +303,25 @@ class Searches:
                     enqueue_grid(task, study)
                 trial = study.ask(distributions(task))
                 try:
-                    stage = task.stage(trial.params)
+                    stages = task.stages(trial.params)
                 except Exception as e:  # noqa: BLE001 - values the config refuses: that candidate fails
                     study.tell(trial, state=optuna.trial.TrialState.FAIL)
                     study.set_user_attr(f"refused_{trial.number}", str(e)[:300])
                     continue
-                trial.set_user_attr(STAGE_ATTR, stage.id)
-                self._join(tid, stage)
-                self.running.setdefault(stage.id, []).append((tid, trial))
-                if len(self.running[stage.id]) > 1:  # the same values as a candidate running now
+                trial.set_user_attr(STAGE_ATTR, stages[0].id)
+                self._join(tid, stages)
+                judged = task.objective(stages)
+                self.running.setdefault(judged.id, []).append((tid, trial))
+                if len(self.running[judged.id]) > 1:  # the same values as a candidate running now
                     continue
-                state = store.state(self.out_root, stage.id)
+                state = store.state(self.out_root, judged.id)
                 if state != store.PENDING:
-                    self.stage_ended(stage.id, state, None)
+                    self.stage_ended(judged.id, state, None)
                     continue
-                self.proposed.append(stage.id)
-                return stage
-        return None
+                todo = [s for s in stages if store.state(self.out_root, s.id) != store.DONE]
+                self.proposed += [s.id for s in todo if s.id not in self.proposed]
+                return todo
+        return []
 
     def may_propose(self, parent_done: ParentDone) -> bool:
         """Whether some search may still propose a candidate in this run (now or once a running
@@ -322,25 +334,33 @@ class Searches:
         return False
 
     def samples(self) -> list[Stage]:
-        """One candidate-like stage per search (at its base recipe): what its trials will take."""
-        return [task.stage({}) for task in self.tasks.values()]
+        """The stages of one candidate per search (at its base recipe): what its trials will take."""
+        return [s for task in self.tasks.values() for s in task.stages({})]
 
     def samples_left(self) -> list[Stage]:
-        """A stage like each candidate still to propose (at its search's base recipe), for estimates."""
-        return [task.stage({}) for tid, task in self.tasks.items()
-                for _ in range(max(0, task.spec.total - len(trials_of(self.studies[tid]))))]
+        """Stages like those of each candidate still to propose (at its search's base recipe), for estimates."""
+        return [s for tid, task in self.tasks.items()
+                for _ in range(max(0, task.spec.total - len(trials_of(self.studies[tid])))) for s in task.stages({})]
 
     def settle(self) -> None:
-        """After a wave: each candidate still running in Optuna whose stage ended is told how; one
-        whose stage is pending without a run to resume it was cut short by a stop and stays running."""
+        """Each candidate still running in Optuna whose judged stage ended is told how (one below a
+        pre-training that failed: failed); one whose stage is pending was cut short by a stop and
+        stays running, to be run again."""
         for stage_id in list(self.running):
             state = store.state(self.out_root, stage_id)
+            if state == store.PENDING:
+                tid = self.running[stage_id][0][0]
+                parent = next((p.stages[stage_id].parent for p in self.plans if stage_id in p.stages), None)
+                if parent is not None and self.tasks[tid].children and \
+                        store.state(self.out_root, parent) in (store.FAILED, store.PRUNED):
+                    state = store.BLOCKED
             if state != store.PENDING:
                 self.stage_ended(stage_id, state, None)
 
     def left(self) -> int:
-        """Candidates still to propose, over every search (an upper bound of the trials to come)."""
-        return sum(max(0, task.spec.total - len(trials_of(self.studies[tid])))
+        """The stages of the candidates still to propose, over every search (an upper bound of the
+        trials to come; a pre-training search's candidate is its pre-training and evaluations)."""
+        return sum(max(0, task.spec.total - len(trials_of(self.studies[tid]))) * (1 + len(task.children))
                    for tid, task in self.tasks.items())
 
     # ------------------------------------------------------------------ results
@@ -358,11 +378,12 @@ class Searches:
         if not isinstance(value, (int, float)):
             return False
         step = int(metrics["epoch"]) + 1
+        last = step >= self.plans[0].stages[stage_id].epochs  # trained to the end: nothing left to save
         pruned = _optuna().trial.TrialState.PRUNED
         for entry in list(entries):
             trial = entry[1]
             trial.report(float(value), step)
-            if not trial.should_prune():  # asked once: successive halving records a rung when asked
+            if last or not trial.should_prune():  # asked once: successive halving records a rung when asked
                 continue
             if len(entries) == 1:
                 break
@@ -372,7 +393,7 @@ class Searches:
             return False
         store.write_json_atomic(store.stage_dir(self.out_root, stage_id) / store.PRUNE, {
             "epoch": step - 1, "epochs_done": step, "metric": task.spec.metric, "value": value,
-            "pruner": task.spec.pruner, "search": task.name, "trials": [t.number for _, t in entries],
+            "pruner": task.spec.pruning, "search": task.name, "trials": [t.number for _, t in entries],
             "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         self._tell(stage_id, pruned)
         return True

@@ -104,12 +104,14 @@ class ArmRun:
 
 @dataclass(frozen=True)
 class SearchTask:
-    """One search: an evaluation of one (arm, seed) whose recipe fields `spec.space` are searched.
-    `name` is its Optuna study's name in the study's storage; `base` the evaluation's config at the
-    study's recipe, which each candidate's values overlay."""
+    """One search: a stage of one (arm, seed) whose recipe fields `spec.space` are searched, an
+    evaluation or the pre-training. `name` is its Optuna study's name in the study's storage; `base`
+    the stage's config at the study's recipe, which each candidate's values overlay. A pre-training
+    search's candidate is the pre-training and, on it, each of the arm's evaluations (`children`:
+    kind, runner, config, workers); the one of runner `spec.objective` holds the metric."""
 
     study: str
-    name: str  # "<arm>/seed<k>/<evaluation>"
+    name: str  # "<arm>/seed<k>/<stage name>"
     seed: int
     kind: str
     runner: str
@@ -117,10 +119,23 @@ class SearchTask:
     parent: str | None
     workers: int
     spec: Search
+    children: tuple[tuple[str, str, Mapping[str, Any], int], ...] = ()
 
     @property
     def id(self) -> str:
         return f"{self.study}:{self.name}"
+
+    def stages(self, values: Mapping[str, Any]) -> list[Stage]:
+        """The candidate at `values`: its stage, then (a pre-training search) its evaluations."""
+        first = self.stage(values)
+        return [first, *(Stage(stage_id(kind, config, first.id, workers), kind, runner, config, first.id, workers)
+                         for kind, runner, config, workers in self.children)]
+
+    def objective(self, stages: list[Stage]) -> Stage:
+        """Of a candidate's stages, the one whose result holds the metric."""
+        if not self.children:
+            return stages[0]
+        return next(s for s in stages[1:] if s.runner == self.spec.objective)
 
     def stage(self, values: Mapping[str, Any]) -> Stage:
         """The candidate stage at `values` (dotted key -> value); raises StudyError naming the
@@ -151,12 +166,14 @@ class Plan:
     resources: Resources
     searches: Mapping[str, SearchTask] = field(default_factory=dict)  # SearchTask.id -> task
 
-    def add_candidate(self, task_id: str, stage: Stage) -> bool:
-        """A search's candidate joins the plan (the one way a plan grows, while its study runs);
-        False if the plan has no such search."""
+    def add_candidate(self, task_id: str, stages: list[Stage]) -> bool:
+        """A search's candidate (its stages: SearchTask.stages) joins the plan (the one way a plan
+        grows, while its study runs); False if the plan has no such search."""
         if task_id not in self.searches:
             return False
-        self.stages.setdefault(stage.id, stage)
+        for one in stages:
+            self.stages.setdefault(one.id, one)
+        stage = stages[0]
         for run in self.runs:
             for name, tid in run.searches.items():
                 if tid == task_id and stage.id not in run.candidates.get(name, ()):
@@ -164,10 +181,12 @@ class Plan:
         return True
 
     def search_of(self, stage_id: str) -> SearchTask | None:
-        """The search that proposed a candidate stage, or None for a planned stage."""
+        """The search that proposed a candidate stage (or, in a pre-training search, the candidate
+        it evaluates), or None for a planned stage."""
+        stage = self.stages.get(stage_id)
         for run in self.runs:
             for name, ids in run.candidates.items():
-                if stage_id in ids:
+                if stage_id in ids or (stage is not None and stage.parent in ids):
                     return self.searches[run.searches[name]]
         return None
 
@@ -192,6 +211,9 @@ class Plan:
                     out.append((run, name))
             for name, ids in run.candidates.items():
                 out += [(run, f"{name}#{i + 1}") for i, sid in enumerate(ids) if sid == stage_id]
+                parent = self.stages[stage_id].parent if stage_id in self.stages else None
+                out += [(run, f"{name}#{i + 1}/{self.stages[stage_id].kind}") for i, sid in enumerate(ids)
+                        if sid == parent]  # an evaluation of a pre-training search's candidate
         return out
 
     def children(self, stage_id: str) -> list[str]:
@@ -414,22 +436,29 @@ def _plan(study: Study, profile: Profile) -> Plan:
         for seed in study.seeds:
             configs = with_min_steps(resolver.resolve(arm, seed), resources)
             model, data = _dump(configs["model"]), _dump(configs["data"])
-            pre = add("pretrain", "pretrain", {"model": model, "data": data, "pretrain": _dump(configs["pretrain"])},
-                      None)
-            ids, searches = {"pretrain": pre}, {}
+            pre_config = {"model": model, "data": data, "pretrain": _dump(configs["pretrain"])}
+            searched_pretrain = study.search is not None and study.search.section == "pretrain"
+            # a searched pre-training is proposed while the study runs, its evaluations with it
+            pre = None if searched_pretrain else add("pretrain", "pretrain", pre_config, None)
+            ids, searches, children = ({} if searched_pretrain else {"pretrain": pre}), {}, []
 
             def search(runner: str, recipe: dict[str, Any], m: dict[str, Any], d: dict[str, Any], parent: str | None,
-                       arm_name: str = arm.name, seed: int = seed) -> str:
-                """The id of the search of this evaluation: one search for arms whose evaluation is
+                       arm_name: str = arm.name, seed: int = seed, evaluations: tuple = ()) -> str:
+                """The id of the search of this stage: one search for arms whose searched stage is
                 the same (e.g. a scratch baseline no arm's pre-training changes), like a shared stage."""
-                task = _search_task(study, arm_name, seed, runner, recipe, m, d, parent, resources)
-                content = canonical_json({"base": task.base, "parent": parent, "seed": seed, "kind": task.kind})
+                task = _search_task(study, arm_name, seed, runner, recipe, m, d, parent, resources, evaluations)
+                content = canonical_json({"base": task.base, "parent": parent, "seed": seed, "kind": task.kind,
+                                          "children": [list(c) for c in evaluations]})
                 return tasks.setdefault(by_content.setdefault(content, task.id), task).id
 
             def evaluation(runner: str, recipe: dict[str, Any], parent: str | None, m=model, d=data) -> tuple[str, str]:
                 section = JOBS[runner][1]
                 kind = "linear_probe" if runner == "linear_probe" else _eval_kind(recipe)
-                return kind, add(kind, runner, {"model": m, "data": d, section: recipe}, parent)
+                config = {"model": m, "data": d, section: recipe}
+                if searched_pretrain and recipe.get("init") != "random":  # on each candidate (scratch reads none)
+                    children.append((kind, runner, config, stage_workers(runner, resources)))
+                    return kind, ""
+                return kind, add(kind, runner, config, parent)
 
             for name in study.evaluations:
                 if name == "scratch":
@@ -450,7 +479,11 @@ def _plan(study: Study, profile: Profile) -> Plan:
                     searches[tasks[tid].kind] = tid
                 else:
                     kind, sid = evaluation(runner, recipe, pre)
-                    ids[kind] = sid
+                    if sid:
+                        ids[kind] = sid
+            if searched_pretrain:
+                tid = search("pretrain", pre_config["pretrain"], model, data, None, evaluations=tuple(children))
+                searches["pretrain"] = tid
             axes = {key: _resolved(configs, key) for key in study.varied_keys}
             runs.append(ArmRun(arm.name, seed, axes, ids, searches))
     ordered = {sid: s for sid, s in stages.items() if s.parent is None}
@@ -481,13 +514,13 @@ def with_min_steps(configs: dict[str, BaseModel], resources: Resources) -> dict[
 
 
 def _search_task(study: Study, arm: str, seed: int, runner: str, recipe: dict[str, Any], model: dict[str, Any],
-                 data: dict[str, Any], parent: str | None, resources: Resources) -> SearchTask:
-    """The (arm, seed)'s searched evaluation; each end of every range (and each choice) must make a
+                 data: dict[str, Any], parent: str | None, resources: Resources, children: tuple = ()) -> SearchTask:
+    """The (arm, seed)'s searched stage; each end of every range (and each choice) must make a
     valid recipe, so a bad range is refused before anything runs."""
-    kind = "linear_probe" if runner == "linear_probe" else _eval_kind(recipe)
+    kind = runner if runner in ("pretrain", "linear_probe") else _eval_kind(recipe)
     task = SearchTask(study.name, f"{arm}/seed{seed}/{kind}", seed, kind, runner,
                       {"model": model, "data": data, JOBS[runner][1]: recipe}, parent,
-                      stage_workers(runner, resources), study.search)
+                      stage_workers(runner, resources), study.search, children)
     for key, space in study.search.space.items():
         for value in space.choices if space.choices is not None else (space.low, space.high):
             try:

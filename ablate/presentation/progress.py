@@ -169,7 +169,10 @@ class LiveView:
     # ------------------------------------------------------------------------- listener
     def wave_started(self, wave: int, stage_ids: Sequence[str]) -> None:
         self.wave = wave
-        self._say(f"wave {wave}: {len(stage_ids)} stage{'s' if len(stage_ids) != 1 else ''} to run ({self.summary()})")
+        more = len(self.time_left.more())
+        searched = f" and up to {more} stages of search candidates" if more else ""
+        self._say(f"wave {wave}: {len(stage_ids)} stage{'s' if len(stage_ids) != 1 else ''}{searched} to run "
+                  f"({self.summary()})")
 
     def stage_started(self, stage_id: str) -> None:
         self.running.setdefault(stage_id, {"since": time.time()})

@@ -53,8 +53,9 @@ def chosen_stages(plan: Plan, out_root: Path, run: ArmRun) -> dict[str, str]:
     for name in run.searches:
         best, _ = best_candidate(plan, out_root, run, name)
         if best is not None:
-            chosen[name] = best
-    return chosen
+            task = plan.searches[run.searches[name]]
+            chosen.update({stage.kind: stage.id for stage in search.candidate_stages(plan, task, best)})
+    return {name: chosen[name] for name in sorted(chosen, key=lambda n: n != "pretrain")}
 
 
 def results_table(plan: Plan, out_root: Path, states: dict[str, str] | None = None) -> pd.DataFrame:
@@ -64,7 +65,8 @@ def results_table(plan: Plan, out_root: Path, states: dict[str, str] | None = No
     for run in plan.runs:
         ids = [*run.stages.values(), *(sid for c in run.candidates.values() for sid in c)]
         stage_states = [states.get(sid, store.PENDING) for sid in run.stages.values()]
-        row: dict[str, Any] = dict(zip(KEYS, (plan.study.name, run.arm, run.seed, _row_status(stage_states))))
+        status = _row_status(stage_states) if stage_states else DONE  # a searched pre-training: the search says
+        row: dict[str, Any] = dict(zip(KEYS, (plan.study.name, run.arm, run.seed, status)))
         if run.searches and row["status"] == DONE:  # a search is done when its budget is spent (or all failed)
             picked = [best_candidate(plan, out_root, run, name)[0] for name in run.searches]
             spent = all(finished.get(run.searches[name], False) for name in run.searches)
@@ -118,8 +120,9 @@ def recon_files(plan: Plan, out_root: Path) -> dict[str, Path]:
     """Per arm, the reconstructions its (first seed's) pre-training drew."""
     out: dict[str, Path] = {}
     for run in plan.runs:
-        path = store.stage_dir(out_root, run.stages["pretrain"]) / "reconstructions.npz"
-        if run.arm not in out and path.is_file():
+        pre = chosen_stages(plan, out_root, run).get("pretrain") if run.searches else run.stages.get("pretrain")
+        path = store.stage_dir(out_root, pre) / "reconstructions.npz" if pre else None
+        if run.arm not in out and path is not None and path.is_file():
             out[run.arm] = path
     return out
 
@@ -136,7 +139,9 @@ def write_tables(plan: Plan, out_root: Path, study_dir: Path) -> tuple[pd.DataFr
 def study_info(plan: Plan) -> StudyInfo:
     """The study as the report shows it."""
     study = plan.study
-    first = plan.stages[plan.runs[0].stages["pretrain"]].config
+    run = plan.runs[0]  # its pre-training: planned, or searched (the search's base recipe)
+    first = (plan.stages[run.stages["pretrain"]].config if "pretrain" in run.stages
+             else plan.searches[run.searches["pretrain"]].base)
     settings = {"data.dataset": first["data"]["dataset"], "model.variant": first["model"]["variant"],
                 "data.train_limit": first["data"]["train_limit"], "pretrain.epochs": first["pretrain"]["epochs"],
                 "evaluations": list(study.evaluations), "seeds": list(study.seeds)}

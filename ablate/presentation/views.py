@@ -110,12 +110,16 @@ def plan_table(plan: Plan, out_root: Path, console: Console) -> None:
             seen.add(tid)
             if left <= 0:
                 continue
-            costliest = max(search.corners(task), key=lambda st: estimate(st, plan.profile).images)
-            cost = estimate(costliest, plan.profile)
-            todo.add(plan, costliest.id, costliest, left)
+            costliest = max(search.corners(task), key=lambda group: sum(estimate(st, plan.profile).images
+                                                                       for st in group))
+            images = sum(estimate(st, plan.profile).images for st in costliest)
+            seconds = [estimate(st, plan.profile).seconds for st in costliest]
+            for one in costliest:
+                todo.add(plan, one.id, one, left)
+            total = None if None in seconds else sum(seconds) * left
             table.add_row(run.arm, str(run.seed), f"{name} search", f"{left} of {task.spec.total} candidates",
-                          f"to propose ({task.spec.sampler})", plan.resources.describe(costliest.workers),
-                          f"<={cost.images * left:,}", f"<={duration(None if cost.seconds is None else cost.seconds * left)}")
+                          f"to propose ({task.spec.sampler})", plan.resources.describe(costliest[0].workers),
+                          f"<={images * left:,}", f"<={duration(total)}")
     console.print(table)
     counts = {s: list(states.values()).count(s) for s in (store.DONE, store.FAILED, store.BLOCKED, store.PENDING)}
     console.print(f"{len(plan.arms)} arm(s) x {len(study.seeds)} seed(s): {len(plan.stages)} distinct stages, "
@@ -257,9 +261,11 @@ def outcome_summary(plan: Plan, outcome: Outcome, console: Console, *, resume: s
     states = outcome.states
     counts = _counts(outcome)
     reused = counts[store.DONE] - sum(1 for sid in outcome.ran if states.get(sid) == store.DONE)
+    pruned = outcome.count(store.PRUNED)
     console.print(f"{plan.study.name}: {counts[store.DONE]}/{len(states)} stages done ({len(outcome.ran)} run now, "
                   f"{max(reused, 0)} already done), {counts[store.FAILED]} failed, {counts[store.BLOCKED]} blocked, "
-                  f"{counts[store.PENDING]} pending")
+                  + (f"{pruned} pruned (search candidates stopped early), " if pruned else "")
+                  + f"{counts[store.PENDING]} pending")
     _failed_lines(outcome, console)
     console.print(f"results: {Path(outcome.study_dir) / RESULTS}")
     if outcome.report is not None:

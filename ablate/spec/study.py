@@ -151,7 +151,9 @@ PRUNERS = ("halving", "median", "none")
 
 
 class Search(Frozen):
-    """Per arm and seed, try `budget` candidates for one evaluation's recipe fields (`space`) and
+    """Per arm and seed, try `budget` candidates for one evaluation's recipe fields (`space`), or the
+    pre-training's (each candidate a pre-training and the arm's evaluations on it, judged on the
+    evaluation `metric` names; never pruned: pre-training has no per-epoch validation metric), and
     keep the best by a VALIDATION metric (never the test one); the arm reports that candidate's test
     metrics. `sampler: tpe` (Optuna's TPE, adaptive: each candidate is proposed from the results so
     far, after `startup` random ones) or `grid` (the fixed list: each range at evenly spaced points).
@@ -165,7 +167,7 @@ class Search(Frozen):
     mode: Literal["max", "min"] = "max"
     sampler: Literal["tpe", "grid"] = "tpe"
     startup: int | None = Field(None, ge=1)
-    pruner: Literal["halving", "median", "none"] = "halving"
+    pruner: Literal["halving", "median", "none"] | None = None  # default: halving; none for pre-training
     parallel: int = Field(2, ge=1)
     storage: str | None = None
 
@@ -191,22 +193,31 @@ class Search(Frozen):
         sections = set()
         for key in value:
             section, _ = split_key(key, f"search.space.{key}")
-            if section not in ("linear_probe", "finetune"):
-                raise StudyError(None, f"search.space.{key}", "only linear_probe.* and finetune.* fields can be "
-                                 "searched (a pre-training search would multiply pre-training)")
+            if section not in ("pretrain", "linear_probe", "finetune"):
+                raise StudyError(None, f"search.space.{key}", "only pretrain.*, linear_probe.* and finetune.* fields "
+                                                              "can be searched (recipe fields)")
             sections.add(section)
         if len(sections) > 1:
-            raise StudyError(None, "search.space", "one search tunes one evaluation: linear_probe.* or finetune.* "
-                                                   "fields, not both")
+            raise StudyError(None, "search.space", "one search tunes one stage's recipe: pretrain.*, linear_probe.* "
+                                                   "or finetune.* fields, not several")
         return value
 
     @model_validator(mode="after")
     def _check(self) -> Search:
-        prefix = {"linear_probe": "lin_val_", "finetune": "ft_val_"}[self.section]
-        if not self.metric.startswith(prefix):
-            raise StudyError(None, "search.metric", f"searching {self.params[0]} is judged on a validation metric "
-                                                    f"of that stage: '{prefix}top1' or '{prefix}top5', got "
-                                                    f"{self.metric!r}")
+        if self.section == "pretrain":
+            if self.metric not in ("lin_val_top1", "lin_val_top5", "ft_val_top1", "ft_val_top5"):
+                raise StudyError(None, "search.metric", f"a pre-training search is judged on an evaluation's "
+                                                        f"validation metric: lin_val_top1, lin_val_top5, ft_val_top1 "
+                                                        f"or ft_val_top5, got {self.metric!r}")
+            if self.pruner not in (None, "none"):
+                raise StudyError(None, "search.pruner", "a pre-training search is not pruned: pre-training has no "
+                                                        "per-epoch validation metric (pruner: none)")
+        else:
+            prefix = {"linear_probe": "lin_val_", "finetune": "ft_val_"}[self.section]
+            if not self.metric.startswith(prefix):
+                raise StudyError(None, "search.metric", f"searching {self.params[0]} is judged on a validation "
+                                                        f"metric of that stage: '{prefix}top1' or '{prefix}top5', "
+                                                        f"got {self.metric!r}")
         if self.startup is not None and self.startup > self.budget:
             raise StudyError(None, "search.startup", f"{self.startup} random start-up candidates exceed the budget "
                                                      f"of {self.budget}")
@@ -226,6 +237,15 @@ class Search(Frozen):
     @property
     def section(self) -> str:
         return self.params[0].partition(".")[0]
+
+    @property
+    def pruning(self) -> str:
+        return self.pruner or ("none" if self.section == "pretrain" else "halving")
+
+    @property
+    def objective(self) -> str:
+        """The runner of the stage whose result holds `metric` (linear_probe or finetune)."""
+        return "linear_probe" if self.metric.startswith("lin_") else "finetune"
 
     @property
     def startup_trials(self) -> int:
@@ -370,9 +390,12 @@ class Study(Frozen):
         if self.trend is not None and self.trend not in self.varied_keys:
             raise StudyError(None, "trend", f"{self.trend!r} is not a key the arms vary; "
                                             f"allowed: {', '.join(self.varied_keys) or 'none'}")
-        if self.search is not None and self.search.section not in self.evaluations:
-            raise StudyError(None, "search.space", f"searches {self.search.params[0]} but '{self.search.section}' is "
-                                                   f"not in evaluations")
+        if self.search is not None:
+            needed = self.search.objective if self.search.section == "pretrain" else self.search.section
+            if needed not in self.evaluations:
+                raise StudyError(None, "search.metric" if self.search.section == "pretrain" else "search.space",
+                                 f"searches {self.search.params[0]}, judged on {self.search.metric}, but '{needed}' "
+                                 f"is not in evaluations")
         return self
 
     @property

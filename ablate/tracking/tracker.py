@@ -482,7 +482,7 @@ class StudyTracker:
         pre-training run of each seed."""
         run_ids: dict[str, dict[str, str]] = {}
         for run in self.plan.runs:
-            run_id = self.children.get(run.stages["pretrain"])
+            run_id = self.children.get(run.stages.get("pretrain", ""))
             if run_id:
                 run_ids.setdefault(run.arm, {})[str(run.seed)] = run_id
         return {"tracking_uri": self.uri, "experiment_id": self.experiment_id, "parent_run_id": self.parent_id,
