@@ -55,6 +55,15 @@ def write_study(root: Path, name: str = "lr", *, epochs: int = 3, budget: int = 
     return path
 
 
+def write_pretrain_study(root: Path, name: str, budget: int) -> Path:
+    """pretrain.blr searched, judged on the linear probe's validation top-1."""
+    study = write_study(root, name)
+    study.write_text(f"name: {name}\nevaluations: [linear_probe]\nsearch:\n  space:\n"
+                     f"    pretrain.blr: {{low: 1.0e-5, high: 1.0e-1, log: true}}\n"
+                     f"  budget: {budget}\n  startup: 2\n  metric: lin_val_top1\n")
+    return study
+
+
 def run_planted(study: Path, out: Path):
     return run_study(the_plan(study), out, backend=SerialBackend(launch=faults.Fault(PLANT, serial=True)),
                      console=Console(file=open(os.devnull, "w")))
@@ -308,12 +317,7 @@ def test_a_pretraining_search_runs_each_candidate_with_its_evaluations_and_is_ju
     """pretrain.blr searched, judged on the linear probe's validation top-1 (planted as a function
     of the pre-training's blr): each candidate is a pre-training and its probe, never pruned, and the
     arm's results are the best candidate's pre-training and probe."""
-    (tmp_path / "profiles").mkdir()
-    (tmp_path / "profiles" / "tiny.yaml").write_text(PROFILE)
-    study = tmp_path / "pre.yaml"
-    study.write_text("name: pre\nevaluations: [linear_probe]\nsearch:\n  space:\n"
-                     "    pretrain.blr: {low: 1.0e-5, high: 1.0e-1, log: true}\n"
-                     "  budget: 5\n  startup: 2\n  metric: lin_val_top1\n")
+    study = write_pretrain_study(tmp_path, "pre", budget=5)
     p = the_plan(study)
     assert p.stages == {} and p.searches[p.runs[0].searches["pretrain"]].spec.pruning == "none"
     out = tmp_path / "runs"
@@ -349,12 +353,7 @@ def test_a_pretraining_search_is_not_pruned_and_is_judged_on_an_evaluation_it_ru
 
 
 def test_on_ray_a_pretraining_candidates_evaluation_follows_it_as_a_trial(tmp_path, ray_session, monkeypatch):
-    (tmp_path / "profiles").mkdir()
-    (tmp_path / "profiles" / "tiny.yaml").write_text(PROFILE)
-    study = tmp_path / "rpre.yaml"
-    study.write_text("name: rpre\nevaluations: [linear_probe]\nsearch:\n  space:\n"
-                     "    pretrain.blr: {low: 1.0e-5, high: 1.0e-1, log: true}\n"
-                     "  budget: 3\n  startup: 2\n  metric: lin_val_top1\n")
+    study = write_pretrain_study(tmp_path, "rpre", budget=3)
     faults.install(monkeypatch, PLANT)
     result = run(tmp_path, study)
     assert result.exit_code == 0, result.output
