@@ -105,15 +105,14 @@ def pruner(task: SearchTask):
     """The search's pruner, on the candidate's epochs (step = epochs finished). `halving`:
     successive halving (rungs after a quarter of the epochs, then 3 and 9 times that, a third
     promoted at each; while a rung has fewer than three candidates, only the best so far goes on);
-    `median`: below the median of the earlier candidates at the same epoch, after the start-up
-    candidates and the first third of the epochs."""
+    `median`: below the median of the earlier complete candidates at the same epoch, once two are
+    complete and after a quarter of the epochs."""
     optuna = _optuna()
     epochs = int(task.base[JOBS[task.runner][1]]["epochs"])
     if task.spec.pruning == "halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=first_rung(epochs), reduction_factor=3)
     if task.spec.pruning == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=task.spec.startup_trials,
-                                           n_warmup_steps=max(1, epochs // 3))
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=first_rung(epochs))
     return optuna.pruners.NopPruner()
 
 
