@@ -191,7 +191,7 @@ def main() -> None:
                  f"over at least 3 seeds. Output kept in {work}.\n")
     pruners = optuna.pruners
     rules = {"successive halving, first rung after 1 epoch": lambda: pruners.SuccessiveHalvingPruner(1, 3),
-             "successive halving, first rung after 2 epochs (the default at 8)": lambda: pruners.SuccessiveHalvingPruner(2, 3),
+             "successive halving, first rung after 2 epochs (`pruner: halving` at 8)": lambda: pruners.SuccessiveHalvingPruner(2, 3),
              "successive halving, first rung after 3 epochs": lambda: pruners.SuccessiveHalvingPruner(3, 3),
              "median stopping after 2 complete candidates and 2 epochs (`pruner: median` at 8)":
                  lambda: pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2),
