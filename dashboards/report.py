@@ -98,7 +98,7 @@ def _arms_table(results: pd.DataFrame, study: StudyInfo, mlflow: MlflowLinks | N
         for arm, error in zip(results["arm"], results["error"]):
             if isinstance(error, str) and error and arm not in errors:
                 errors[arm] = error
-    chosen = [c for c in results.columns if str(c).startswith("chosen.")]  # a search's chosen values, per seed
+    chosen = [c for c in results.columns if "chosen." in str(c)]  # a search's chosen values, per seed
     head = ["arm", *axes, "state", "seeds done", *(METRIC_LABELS[m] for m in metrics)]
     head += [f"{c} (per seed)" for c in chosen] + (["MLflow"] if mlflow else [])
     head += ["error"] if errors else []

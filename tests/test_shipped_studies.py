@@ -162,6 +162,8 @@ def test_the_studies_share_the_quickstart_arm_and_add_only_their_own_stages(tmp_
     results = pd.read_csv(out / "scratch_vs_mae" / "results.csv").set_index("arm")
     assert set(results.index) == {"mae", "random_encoder"} and results["scratch_top1"].notna().all()
     assert results["chosen.finetune.blr"].notna().all() and (results["search_candidates"] == 6).all()
+    # each arm's fine-tune searched for itself; the scratch baseline one search, the same for both arms
+    assert results["scratch.chosen.finetune.blr"].nunique() == 1 and (results["scratch.search_candidates"] == 6).all()
     blocks = pd.read_csv(out / "partial_finetune" / "results.csv")["finetune.tune_blocks"]
     assert blocks.fillna(-1).nunique() == 5  # 0, 0.5, 1, 2 and all
     assert json.loads((out / "partial_finetune" / "run.json").read_text())["profile"] == "tiny"

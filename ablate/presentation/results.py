@@ -44,7 +44,7 @@ def _row_status(stage_states: list[str]) -> Status:
     return PENDING
 
 
-CHOSEN = "chosen."  # results.csv: `chosen.<searched key>`, the best candidate's value of each searched field
+CHOSEN = "chosen."  # results.csv: `chosen.<searched key>` (`scratch.chosen.<key>`), the best candidate's values
 
 
 def chosen_stages(plan: Plan, out_root: Path, run: ArmRun) -> dict[str, str]:
@@ -80,14 +80,16 @@ def results_table(plan: Plan, out_root: Path, states: dict[str, str] | None = No
         for name in run.searches:
             task = plan.searches[run.searches[name]]
             best, value = best_candidate(plan, out_root, run, name)
-            row["search_metric"] = value
-            row["search_candidates"] = len(run.candidates.get(name, ()))
-            row["search_pruned"] = sum(states.get(sid) == store.PRUNED for sid in run.candidates.get(name, ()))
+            # an arm's scratch baseline and its fine-tune can both be searched (the same finetune.* fields)
+            prefix = "scratch." if name == "scratch" else ""
+            row[f"{prefix}search_metric"] = value
+            row[f"{prefix}search_candidates"] = len(run.candidates.get(name, ()))
+            row[f"{prefix}search_pruned"] = sum(states.get(sid) == store.PRUNED for sid in run.candidates.get(name, ()))
             if best is not None:
                 for key, chosen in task.values(plan.stages[best]).items():
-                    row[f"{CHOSEN}{key}"] = chosen
+                    row[f"{prefix}{CHOSEN}{key}"] = chosen
                 if len(task.spec.params) == 1:
-                    row["search_value"] = task.values(plan.stages[best])[task.spec.params[0]]
+                    row[f"{prefix}search_value"] = task.values(plan.stages[best])[task.spec.params[0]]
         errors = [store.error_line(out_root, sid) for sid in ids if states.get(sid) == store.FAILED]
         blocked = [sid for sid in ids if states.get(sid) == store.BLOCKED]
         if errors:
