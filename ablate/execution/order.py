@@ -26,26 +26,26 @@ class WaveOrder:
     def next(self) -> Stage | None:
         """The stage to hand out now, taken: the first ready planned one, else a search's next
         candidate; None while nothing can start."""
-        ready = self.ready()
-        if ready:
-            self.take(ready[0])
-            return ready[0]
-        return self.propose()
+        return self._take_first(self.waiting) or self.propose()
 
     def propose(self) -> Stage | None:
         """A search's next candidate: its stages join the wave (a pre-training search's evaluations
-        wait for their pre-training; a stage the wave has already is not added twice), and the
-        first ready stage is taken; None while none can start."""
+        wait for their pre-training; a stage the wave has already is not added twice), and its first
+        ready stage is taken; None while none can start. (Not another waiting stage: the Ray backend
+        asks only when those it could hand out are running elsewhere.)"""
         stages = self.searches.propose(self.parent_state) if self.searches is not None else []
         new = [s for s in stages if s.id not in self.ours]
         self.ours.update(s.id for s in new)
         self.proposed += [s.id for s in new]
         self.waiting += new
-        ready = self.ready()
-        if ready:
-            self.take(ready[0])
-            return ready[0]
-        return None
+        return self._take_first(new)
+
+    def _take_first(self, stages: Sequence[Stage]) -> Stage | None:
+        """The first of `stages` whose parent is done, taken; None if none is."""
+        stage = next((s for s in stages if self.parent_done(s)), None)
+        if stage is not None:
+            self.take(stage)
+        return stage
 
     @property
     def open(self) -> bool:

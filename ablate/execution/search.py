@@ -25,7 +25,7 @@ import math
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from ablate.execution import store
 from ablate.planning.plan import JOBS, ArmRun, Plan, SearchTask, Stage
@@ -170,14 +170,25 @@ def load(task: SearchTask, out_root: Path, *, create: bool = False):
         return None
 
 
+def stored(task: SearchTask, out_root: Path) -> list:
+    """The search's candidates in its storage so far (none before it has one)."""
+    study = load(task, out_root)
+    return trials_of(study) if study is not None else []
+
+
+def candidates(task: SearchTask, trials: list) -> Iterator[tuple[Any, list[Stage]]]:
+    """Each trial with its candidate's stages (a trial of other fields, from an edited study file, is left out)."""
+    for trial in trials:
+        if set(trial.params) == set(task.spec.params):
+            yield trial, task.stages(trial.params)
+
+
 def found(plan: Plan, out_root: Path) -> Plan:
     """The plan with every candidate its searches' storages list (for `status` and `report`, which
     run no search): the same plan object, grown."""
     for task in plan.searches.values():
-        study = load(task, out_root)
-        for trial in trials_of(study) if study is not None else ():
-            if set(trial.params) == set(task.spec.params):
-                plan.add_candidate(task.id, task.stages(trial.params))
+        for _, stages in candidates(task, stored(task, out_root)):
+            plan.add_candidate(task.id, stages)
     return plan
 
 
@@ -185,8 +196,7 @@ def counts(plan: Plan, out_root: Path) -> dict[str, dict[str, int]]:
     """Per search (its id): candidates by Optuna state (COMPLETE, PRUNED, RUNNING, FAIL) and its budget."""
     out = {}
     for tid, task in plan.searches.items():
-        study = load(task, out_root)
-        trials = trials_of(study) if study is not None else []
+        trials = stored(task, out_root)
         row = {"budget": task.spec.total}
         for trial in trials:
             row[trial.state.name] = row.get(trial.state.name, 0) + 1
@@ -219,8 +229,7 @@ def finished(plan: Plan, out_root: Path) -> dict[str, bool]:
     """Per search (its id): whether its budget is spent, every candidate ended (complete, pruned, failed)."""
     out = {}
     for tid, task in plan.searches.items():
-        study = load(task, out_root)
-        trials = trials_of(study) if study is not None else []
+        trials = stored(task, out_root)
         out[tid] = len(trials) >= task.spec.total and all(t.state.is_finished() for t in trials)
     return out
 
@@ -277,10 +286,8 @@ class Searches:
         optuna = _optuna()
         for tid, task in self.tasks.items():
             study = self.studies[tid] = load(task, self.out_root, create=True)
-            for trial in trials_of(study):
-                if set(trial.params) != set(task.spec.params):
-                    continue
-                stages = self._join(tid, task.stages(trial.params))
+            for trial, stages in candidates(task, trials_of(study)):
+                self._join(tid, stages)
                 if trial.state == optuna.trial.TrialState.RUNNING:
                     judged = task.objective(stages)
                     self.running.setdefault(judged.id, []).append((tid, optuna.trial.Trial(study, trial._trial_id)))
@@ -292,6 +299,10 @@ class Searches:
         return stages
 
     # ------------------------------------------------------------------ proposing
+    def _remaining(self, tid: str) -> int:
+        """Candidates the search has still to propose."""
+        return max(0, self.tasks[tid].spec.total - len(trials_of(self.studies[tid])))
+
     def _live(self, tid: str) -> int:
         return sum(1 for entries in self.running.values() for t, _ in entries if t == tid)
 
@@ -340,9 +351,7 @@ class Searches:
         """Whether some search may still propose a candidate in this run (now or once a running
         candidate or a parent ends)."""
         for tid, task in self.tasks.items():
-            if parent_done(task.parent) is False:
-                continue
-            if len(trials_of(self.studies[tid])) < task.spec.total:
+            if parent_done(task.parent) is not False and self._remaining(tid):
                 return True
         return False
 
@@ -352,8 +361,7 @@ class Searches:
 
     def samples_left(self) -> list[Stage]:
         """Stages like those of each candidate still to propose (at its search's base recipe), for estimates."""
-        return [s for tid, task in self.tasks.items()
-                for _ in range(max(0, task.spec.total - len(trials_of(self.studies[tid])))) for s in task.stages({})]
+        return [s for tid, task in self.tasks.items() for _ in range(self._remaining(tid)) for s in task.stages({})]
 
     def settle(self) -> None:
         """Each candidate still running in Optuna whose judged stage ended is told how (one below a
@@ -363,7 +371,7 @@ class Searches:
             state = store.state(self.out_root, stage_id)
             if state == store.PENDING:
                 tid = self.running[stage_id][0][0]
-                parent = next((p.stages[stage_id].parent for p in self.plans if stage_id in p.stages), None)
+                parent = self.plans[0].stages[stage_id].parent  # the first plan holds every candidate
                 if parent is not None and self.tasks[tid].children and \
                         store.state(self.out_root, parent) in (store.FAILED, store.PRUNED):
                     state = store.BLOCKED
@@ -373,8 +381,7 @@ class Searches:
     def left(self) -> int:
         """The stages of the candidates still to propose, over every search (an upper bound of the
         trials to come; a pre-training search's candidate is its pre-training and evaluations)."""
-        return sum(max(0, task.spec.total - len(trials_of(self.studies[tid]))) * (1 + len(task.children))
-                   for tid, task in self.tasks.items())
+        return sum(self._remaining(tid) * (1 + len(task.children)) for tid, task in self.tasks.items())
 
     # ------------------------------------------------------------------ results
     def epoch(self, stage_id: str, metrics: dict[str, Any]) -> bool:

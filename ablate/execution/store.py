@@ -208,6 +208,11 @@ def result(out_root: Path, stage_id: str) -> dict[str, Any] | None:
     return read_json(stage_dir(out_root, stage_id) / RESULT)
 
 
+def pruned(out_root: Path, stage_id: str) -> dict[str, Any]:
+    """Why and when a search's pruner stopped the stage (pruned.json); {} where it did not."""
+    return read_json(stage_dir(out_root, stage_id) / PRUNE) or {}
+
+
 def error(out_root: Path, stage_id: str) -> str | None:
     path = stage_dir(out_root, stage_id) / ERROR
     return path.read_text() if path.is_file() else None

@@ -73,7 +73,7 @@ class TimeLeft:
                 return None
             left += max(expected * self.scale(self.kinds[sid]) - running.get(sid, 0.0), 0.0)
         for stage in self.more():
-            expected = estimate(stage, self.plan.profile).seconds
+            expected = self._estimate(stage)  # a candidate at its search's base recipe: one estimate per search
             if expected is None:
                 return None
             left += expected * self.scale(stage.kind)

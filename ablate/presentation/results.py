@@ -67,8 +67,9 @@ def results_table(plan: Plan, out_root: Path, states: dict[str, str] | None = No
         stage_states = [states.get(sid, store.PENDING) for sid in run.stages.values()]
         status = _row_status(stage_states) if stage_states else DONE  # a searched pre-training: the search says
         row: dict[str, Any] = dict(zip(KEYS, (plan.study.name, run.arm, run.seed, status)))
+        bests = {name: best_candidate(plan, out_root, run, name) for name in run.searches}
         if run.searches and row["status"] == DONE:  # a search is done when its budget is spent (or all failed)
-            picked = [best_candidate(plan, out_root, run, name)[0] for name in run.searches]
+            picked = [best for best, _ in bests.values()]
             spent = all(finished.get(run.searches[name], False) for name in run.searches)
             row["status"] = DONE if spent and all(p is not None for p in picked) else (FAILED if spent else PENDING)
         row.update(run.axes)
@@ -79,7 +80,7 @@ def results_table(plan: Plan, out_root: Path, states: dict[str, str] | None = No
                     row[column] = result[key]
         for name in run.searches:
             task = plan.searches[run.searches[name]]
-            best, value = best_candidate(plan, out_root, run, name)
+            best, value = bests[name]
             # an arm's scratch baseline and its fine-tune can both be searched (the same finetune.* fields)
             prefix = "scratch." if name == "scratch" else ""
             row[f"{prefix}search_metric"] = value

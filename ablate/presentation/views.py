@@ -178,7 +178,7 @@ def status_table(plan: Plan, out_root: Path, console: Console) -> None:
         if states[sid] == store.BLOCKED:
             detail = f"waits for {stage.parent}, which failed"
         if states[sid] == store.PRUNED:
-            why = store.read_json(store.stage_dir(out_root, sid) / store.PRUNE) or {}
+            why = store.pruned(out_root, sid)
             detail = f"pruned after {why.get('epochs_done', '?')} epoch(s): {why.get('metric')} {why.get('value', '?')}"
         owner = lease.live_holder(store.stage_dir(out_root, sid)) if states[sid] == store.PENDING else None
         if owner is not None:

@@ -338,7 +338,7 @@ class StudyTracker:
         if notes:  # e.g. a damaged checkpoint skipped on resume
             self.client.set_tag(run_id, "warnings", "\n".join(notes)[-4000:])
         if state == store.PRUNED:
-            why = store.read_json(folder / store.PRUNE) or {}
+            why = store.pruned(self.out_root, stage_id)
             self.client.log_batch(run_id, tags=[RunTag("search.state", "PRUNED"),
                                                 RunTag("search.pruned_after_epochs", str(why.get("epochs_done", "")))])
         elif self.plan.search_of(stage_id) is not None and state == store.DONE:
