@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/run_all.py --quick    # skips ViT-B/16, the study run and the recipe checks
     .venv/bin/python benchmarks/run_all.py --join     # runs nothing: joins the tables already in results/
     .venv/bin/python benchmarks/run_all.py --suite 3  # also the whole suite, 3 seeds (hours on 2 cores)
-    .venv/bin/python benchmarks/run_all.py --search   # also the adaptive search against a grid (about 45 min)
+    .venv/bin/python benchmarks/run_all.py --search   # also the adaptive search against a grid (about 40 min)
 
 Each benchmark also runs alone (see its own --help) and writes benchmarks/results/<name>.md;
 this script runs them one after another (never side by side: they would share the cores) and
@@ -54,7 +54,7 @@ def main() -> None:
                         help="also run every study as one suite (ablate run studies/) at this many seeds: about "
                              "an hour a seed on 2 cores")
     parser.add_argument("--search", action="store_true",
-                        help="also the adaptive search against a grid of the same budget, 3 seeds (about 45 minutes)")
+                        help="also the adaptive search against a grid of the same budget, 3 seeds (about 40 minutes)")
     args = parser.parse_args()
     runs = [("pretrain", ["bench_pretrain.py"] + ([] if args.quick else ["--vit-b", "--compile"])),
             ("encoder", ["bench_encoder.py"]),

@@ -154,14 +154,15 @@ def test_pruned_candidates_stop_early_and_the_best_complete_one_is_the_arms_resu
     assert ran < 8 * 6
 
 
-def ablate(root: Path, study: Path, fault: str, log: Path, backend: str = "serial") -> subprocess.CompletedProcess:
+def ablate(root: Path, study: Path, fault: str, log: Path, backend: str = "serial", *extra: str,
+           timeout: float = 600) -> subprocess.CompletedProcess:
     """`ablate run` in a process of its own with tests/faults.py's rules (the planted engine)."""
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     command = [sys.executable, "-m", "tests.faults", fault, "run", str(study), "--profile", "tiny", "--out",
-               str(root / "runs"), "--backend", backend]
+               str(root / "runs"), "--backend", backend, *extra]
     with log.open("w") as output:
-        return subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, env=env, cwd=root, timeout=600)
+        return subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, env=env, cwd=root, timeout=timeout)
 
 
 def test_driver_killed_mid_search_then_the_same_command_spends_the_budget_without_rerunning(tmp_path):
@@ -243,7 +244,7 @@ def test_plan_shows_each_search_its_budget_and_a_bound_of_its_cost_and_a_shared_
 def test_values_two_searches_propose_are_one_stage_run_once(tmp_path, monkeypatch):
     """Two studies of one suite with the same search but for the pruner, one seed: their proposals
     from the same history are the same values, so the same stage, run once (the second search is
-    told its result without running it)."""
+    told its result and its per-epoch values without running it)."""
     folder = tmp_path / "pair"
     folder.mkdir()
     for name, pruner in (("halv", "halving"), ("full", "none")):
@@ -258,6 +259,67 @@ def test_values_two_searches_propose_are_one_stage_run_once(tmp_path, monkeypatc
         sid = a.user_attrs[search.STAGE_ATTR]
         assert b.user_attrs[search.STAGE_ATTR] == sid and len(store.attempts(out, sid)) == 1
         assert a.value == b.value == store.result(out, sid)["ft_val_top1"]
+        # the search told the result of a stage it did not run has its epochs too: its pruner's bar
+        recorded = {row["epoch"] + 1: row["ft_val_top1"] for row in store.epochs(out, sid)}
+        assert len(recorded) == 6 and a.intermediate_values == b.intermediate_values == recorded
+
+
+def test_on_ray_a_candidate_one_search_pruned_that_another_proposes_later_resumes_in_the_same_wave(tmp_path):
+    """Two studies of one suite, the same search but for the pruner, on Ray with one slot: the
+    halving search runs first and prunes candidates; the other, proposing the same values later in
+    the same wave, gets each pruned stage handed out again as a new trial, resumed to its end (it
+    once waited for them forever). Every stage has one MLflow run in each experiment, all ended,
+    the one a study adopted done included."""
+    folder = tmp_path / "pair"
+    folder.mkdir()
+    for name, pruner in (("a_halv", "halving"), ("b_full", "none")):
+        write_study(folder, name, epochs=6, budget=4, startup=3, pruner=pruner)
+    done = ablate(tmp_path, folder, PLANT, tmp_path / "run.log", "ray", "--max-concurrent", "1", timeout=300)
+    assert done.returncode == 0, (tmp_path / "run.log").read_text()[-3000:]
+    out = tmp_path / "runs"
+    halving, full = trials(out, "a_halv"), trials(out, "b_full")
+    assert [t.params for t in halving[:3]] == [t.params for t in full[:3]]
+    resumed = [t.user_attrs[search.STAGE_ATTR] for t in halving if t.state.name == "PRUNED"]
+    assert resumed and all(t.state.name == "COMPLETE" for t in full)
+    for sid in resumed:
+        trial = next(t for t in full if t.user_attrs[search.STAGE_ATTR] == sid)
+        assert sorted(trial.intermediate_values) == [1, 2, 3, 4, 5, 6]
+        assert store.state(out, sid) == store.DONE and len(store.attempts(out, sid)) == 2
+        assert trial.value == store.result(out, sid)["ft_val_top1"]
+    for name in ("a_halv", "b_full", "pair"):
+        runs = [r for r in mlflow_runs(tmp_path, name) if r["role"] == "stage"]
+        assert len(runs) == len({r["stage_id"] for r in runs}) == 5, name  # the pre-training and 4 candidates
+        assert {r["status"] for r in runs} == {"FINISHED"}, (name, [(r["stage_id"], r["status"]) for r in runs])
+
+
+@pytest.mark.parametrize("pruner, kept", [("median", [79.5, 81.0, 83.0]), ("quartile", [81.0, 83.0]),
+                                           ("best", [83.0]), ("null", [83.0]), ("none", [77.0, 79.5, 81.0, 83.0])])
+def test_each_pruner_keeps_what_it_says_of_the_complete_candidates_at_the_same_epoch(tmp_path, pruner, kept):
+    """The study file's pruner names against a naive reading of what each says, on 4 complete
+    candidates whose validation top-1 after 2 of 8 epochs is 70, 78, 80 and 82 (median 79, upper
+    quartile 80.5, best 82): a candidate is stopped there when it is below that bar, never before
+    the first rung (2 epochs) nor while fewer than 2 candidates are complete. No pruner named: best."""
+    task = next(iter(the_plan(write_study(tmp_path, "p", epochs=8, pruner=pruner)).searches.values()))
+    study = optuna.create_study(direction="maximize", pruner=search.pruner(task))
+    for value in (70.0, 78.0, 80.0, 82.0):
+        trial = study.ask()
+        for step in (1, 2, 3):
+            trial.report(value - 10.0 * (step != 2), step)  # other epochs far below: only epoch 2 decides
+        study.tell(trial, value)
+    for value in (77.0, 79.5, 81.0, 83.0):
+        trial = study.ask()
+        trial.report(60.0, 1)
+        assert not trial.should_prune()  # before the first rung
+        trial.report(value, 2)
+        assert bool(trial.should_prune()) == (value not in kept), (pruner, value)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)  # not a complete candidate: the bars stay
+    alone = optuna.create_study(direction="maximize", pruner=search.pruner(task))
+    first = alone.ask()
+    first.report(82.0, 2)
+    alone.tell(first, 82.0)
+    trial = alone.ask()
+    trial.report(50.0, 2)
+    assert not trial.should_prune()  # one complete candidate is no bar yet
 
 
 def test_a_stage_two_running_searches_share_stops_only_when_both_pruners_say_so(tmp_path):

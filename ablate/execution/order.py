@@ -34,9 +34,11 @@ class WaveOrder:
         ready stage is taken; None while none can start. (Not another waiting stage: the Ray backend
         asks only when those it could hand out are running elsewhere.)"""
         stages = self.searches.propose(self.parent_state) if self.searches is not None else []
-        new = [s for s in stages if s.id not in self.ours]
+        # new to the wave, or ended in it and proposed again (a candidate pruned for one search that
+        # another proposes: it resumes from its checkpoint), so handed out once more
+        new = [s for s in stages if s.id not in self.ours or self.ended.pop(s.id, None) is not None]
         self.ours.update(s.id for s in new)
-        self.proposed += [s.id for s in new]
+        self.proposed += [s.id for s in new if s.id not in self.proposed]
         self.waiting += new
         return self._take_first(new)
 

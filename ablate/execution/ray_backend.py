@@ -405,7 +405,8 @@ class RayBackend:
             tune_config=tune.TuneConfig(search_alg=order, num_samples=len(stages) + (searches.left() if searches else 0),
                                         reuse_actors=True, max_concurrent_trials=at_once,
                                         trial_name_creator=lambda t: t.config["stage_id"],
-                                        trial_dirname_creator=lambda t: t.config["stage_id"]),
+                                        # a stage may be a second trial of the wave (a pruned candidate resumed)
+                                        trial_dirname_creator=lambda t: f"{t.config['stage_id']}-{t.trial_id}"),
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=scratch,

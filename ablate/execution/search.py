@@ -104,15 +104,20 @@ def first_rung(epochs: int) -> int:
 def pruner(task: SearchTask):
     """The search's pruner, on the candidate's epochs (step = epochs finished). `halving`:
     successive halving (rungs after a quarter of the epochs, then 3 and 9 times that, a third
-    promoted at each; while a rung has fewer than three candidates, only the best so far goes on);
-    `median`: below the median of the earlier complete candidates at the same epoch, once two are
-    complete and after a quarter of the epochs."""
+    promoted at each; while a rung has fewer than three candidates, only the best so far goes on).
+    The others stop a candidate whose best value so far is below a bar made of the complete
+    candidates' values at the same epoch, once two are complete and from a quarter of the epochs
+    on: `median` their median, `quartile` their upper quartile (it goes on only while in the top
+    quarter), `best` the best of them (it goes on only while ahead of every complete one)."""
     optuna = _optuna()
     epochs = int(task.base[JOBS[task.runner][1]]["epochs"])
     if task.spec.pruning == "halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=first_rung(epochs), reduction_factor=3)
     if task.spec.pruning == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=first_rung(epochs))
+    if task.spec.pruning in ("quartile", "best"):
+        keep = {"quartile": 25.0, "best": 0.0}[task.spec.pruning]
+        return optuna.pruners.PercentilePruner(keep, n_startup_trials=2, n_warmup_steps=first_rung(epochs))
     return optuna.pruners.NopPruner()
 
 
@@ -255,7 +260,8 @@ def describe(plan: Plan) -> list[str]:
         how = (f"Optuna TPE, {spec.startup_trials} random start-up candidate(s), then each proposed from the results "
                f"so far" if spec.sampler == "tpe" else "a fixed grid (every range at evenly spaced points)")
         pruner = {"halving": "successive halving on the per-epoch", "median": "median stopping on the per-epoch",
-                  "none": "no pruning; judged on the final"}[spec.pruning]
+                  "quartile": "top-quarter stopping on the per-epoch", "best": "stopping behind the best on the "
+                  "per-epoch", "none": "no pruning; judged on the final"}[spec.pruning]
         if spec.section == "pretrain":
             how += "; each candidate a pre-training and the arm's evaluations on it"
         lines.append(f"search: {count} search(es) of {spec.total} candidates over {space}; {how}; {pruner} "
@@ -333,6 +339,7 @@ class Searches:
                 self._join(tid, stages)
                 judged = task.objective(stages)
                 self.running.setdefault(judged.id, []).append((tid, trial))
+                self._report_recorded(trial, judged.id, task.spec.metric)
                 if len(self.running[judged.id]) > 1:  # the same values as a candidate running now
                     continue
                 state = store.state(self.out_root, judged.id)
@@ -346,6 +353,16 @@ class Searches:
                 self.proposed += [s.id for s in todo if s.id not in self.proposed]
                 return todo
         return []
+
+    def _report_recorded(self, trial, stage_id: str, metric: str) -> None:
+        """The epochs the candidate's stage has already recorded (a finished stage, one running for
+        another search, one resumed after a prune or a stop), as the trial's intermediate values: the
+        pruner's bar at each epoch is made of the complete candidates' values there, so a trial told
+        its result without them would leave the bar empty."""
+        for row in store.epochs(self.out_root, stage_id):
+            value = row.get(metric)
+            if isinstance(value, (int, float)) and isinstance(row.get("epoch"), int):
+                trial.report(float(value), row["epoch"] + 1)
 
     def may_propose(self, parent_done: ParentDone) -> bool:
         """Whether some search may still propose a candidate in this run (now or once a running

@@ -459,8 +459,12 @@ class StudyTracker:
             for name in run.searches:
                 best, _ = best_candidate(self.plan, self.out_root, run, name)
                 for sid in run.candidates.get(name, ()):
-                    if store.state(self.out_root, sid) in END_STATUS:
-                        self.client.set_tag(self.child(sid), "search.best", str(sid == best).lower())
+                    state = store.state(self.out_root, sid)
+                    if state not in END_STATUS:
+                        continue
+                    if sid not in self.children:  # a candidate this study adopted done (another search ran it)
+                        self.backfill({sid: state})  # its run from its folder, ended as its stage is
+                    self.client.set_tag(self.child(sid), "search.best", str(sid == best).lower())
 
     def log_study_metrics(self, counts: dict[str, int]) -> None:
         now = int(time.time() * 1000)
