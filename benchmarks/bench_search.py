@@ -156,8 +156,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="output root (default: a fresh temporary folder)")
     parser.add_argument("--more", action="store_true", help="also TPE with the other pruners (about 35 min more)")
     parser.add_argument("--no-run", action="store_true", help="only read the run already in --out")
-    parser.add_argument("--only", default=None, help="run only these searches (e.g. tpe_median,tpe_best), compared with the "
-                                                     "grid of an earlier run of this script (--grid-from its --out)")
+    parser.add_argument("--only", default=None, help="run only these searches (e.g. tpe_median,tpe_best), compared "
+                                                     "with the grid of an earlier run of this script (--grid-from "
+                                                     "its --out)")
     parser.add_argument("--grid-from", type=Path, default=None)
     args = parser.parse_args()
     searches = {**SEARCHES, **(MORE if args.more or args.only else {})}

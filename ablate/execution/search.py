@@ -270,6 +270,15 @@ def describe(plan: Plan) -> list[str]:
     return lines
 
 
+def report(trial, value: float, step: int) -> None:
+    """An epoch's value as the trial's intermediate value. An epoch reported again (a stage resumed
+    from a checkpoint before its last recorded epoch repeats it, bit for bit on CPU) keeps the first,
+    as Optuna does, without Optuna's warning on the user's terminal."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is already reported", category=UserWarning)
+        trial.report(value, step)
+
+
 class Searches:
     """The searches of one run. `plans`: every plan a candidate joins (a suite's studies and the
     suite itself); the first holds every search."""
@@ -362,7 +371,7 @@ class Searches:
         for row in store.epochs(self.out_root, stage_id):
             value = row.get(metric)
             if isinstance(value, (int, float)) and isinstance(row.get("epoch"), int):
-                trial.report(float(value), row["epoch"] + 1)
+                report(trial, float(value), row["epoch"] + 1)
 
     def may_propose(self, parent_done: ParentDone) -> bool:
         """Whether some search may still propose a candidate in this run (now or once a running
@@ -419,7 +428,7 @@ class Searches:
         pruned = _optuna().trial.TrialState.PRUNED
         for entry in list(entries):
             trial = entry[1]
-            trial.report(float(value), step)
+            report(trial, float(value), step)
             if last or not trial.should_prune():  # asked once: successive halving records a rung when asked
                 continue
             if len(entries) == 1:

@@ -169,7 +169,7 @@ class Search(Frozen):
     mode: Literal["max", "min"] = "max"
     sampler: Literal["tpe", "grid"] = "tpe"
     startup: int | None = Field(None, ge=1)
-    pruner: Literal["best", "quartile", "median", "halving", "none"] | None = None  # default: best; none for pre-training
+    pruner: Literal["best", "quartile", "median", "halving", "none"] | None = None  # default best; pretrain none
     parallel: int = Field(2, ge=1)
     storage: str | None = None
 
