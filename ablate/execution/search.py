@@ -101,6 +101,9 @@ def first_rung(epochs: int) -> int:
     return max(1, round(epochs / 4))
 
 
+KEPT = {"median": 50.0, "quartile": 25.0, "best": 0.0}  # pruners keeping a top percentile of the complete ones
+
+
 def pruner(task: SearchTask):
     """The search's pruner, on the candidate's epochs (step = epochs finished). `halving`:
     successive halving (rungs after a quarter of the epochs, then 3 and 9 times that, a third
@@ -113,11 +116,9 @@ def pruner(task: SearchTask):
     epochs = int(task.base[JOBS[task.runner][1]]["epochs"])
     if task.spec.pruning == "halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=first_rung(epochs), reduction_factor=3)
-    if task.spec.pruning == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=first_rung(epochs))
-    if task.spec.pruning in ("quartile", "best"):
-        keep = {"quartile": 25.0, "best": 0.0}[task.spec.pruning]
-        return optuna.pruners.PercentilePruner(keep, n_startup_trials=2, n_warmup_steps=first_rung(epochs))
+    if task.spec.pruning in KEPT:  # Optuna's MedianPruner is its PercentilePruner at 50
+        return optuna.pruners.PercentilePruner(KEPT[task.spec.pruning], n_startup_trials=2,
+                                               n_warmup_steps=first_rung(epochs))
     return optuna.pruners.NopPruner()
 
 

@@ -146,10 +146,6 @@ class Range(Frozen):
         return [float(f"{v:.6g}") for v in values]
 
 
-SAMPLERS = ("tpe", "grid")
-PRUNERS = ("best", "quartile", "median", "halving", "none")
-
-
 class Search(Frozen):
     """Per arm and seed, try `budget` candidates for one evaluation's recipe fields (`space`), or the
     pre-training's (each candidate a pre-training and the arm's evaluations on it, judged on the
