@@ -1,10 +1,12 @@
 """The report's searches: per searched evaluation of an arm, Optuna's own figures over its seeds
-(optimisation history, the objective against each searched field, the per-epoch values a pruner
-judged, and with several fields their importances) and the values each seed chose.
+(optimisation history, the objective against each searched field, and with several fields their
+importances), the per-epoch values a pruner judged (drawn here, a colour per seed) and the values each
+seed chose.
 
 Input: `searches`, label ("<arm> · <evaluation>") -> {seed: optuna Study}, as loaded from the
 study's Optuna storage (ablate/execution/search.py). Figures are Optuna's matplotlib
-visualisations; the seeds' candidates are pooled into one in-memory study for the pooled plots.
+visualisations but for the per-epoch one; the seeds' candidates are pooled into one in-memory study for the
+pooled plots.
 """
 from __future__ import annotations
 
@@ -74,10 +76,7 @@ def figures(label: str, studies: Mapping[int, Any], metric: str = "validation me
     out["slice"] = _figure(lambda: vis.plot_slice(pool, target_name=metric),
                            f"{label}: candidates over the searched values (every seed)")
     if any(t.intermediate_values for t in pool.get_trials(deepcopy=False)):
-        out["epochs"] = _figure(lambda: vis.plot_intermediate_values(pool),
-                                f"{label}: per-epoch values (pruned candidates stop early)")
-        out["epochs"].axes[0].set_xlabel("epochs done")
-        out["epochs"].axes[0].set_ylabel(metric)
+        out["epochs"] = per_epoch(label, studies, metric)
     if len(complete[0].params) > 1 and len(complete) >= 2:
         try:  # fANOVA needs scikit-learn (MLflow installs it) and two distinct values of a field
             out["importance"] = _figure(lambda: vis.plot_param_importances(pool, target_name=metric),
@@ -85,6 +84,36 @@ def figures(label: str, studies: Mapping[int, Any], metric: str = "validation me
         except (ImportError, RuntimeError, ValueError):
             pass
     return out
+
+
+def per_epoch(label: str, studies: Mapping[int, Any], metric: str = "validation metric"):
+    """Every finished candidate's per-epoch values (what a pruner judged), a colour per seed, pruned
+    ones dashed and ending in a cross. Optuna's `plot_intermediate_values` labels each candidate in a
+    legend, which three seeds of eight candidates overflow; here the legend names the seeds."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    colors = plt.get_cmap("tab10")
+    for i, seed in enumerate(sorted(studies)):
+        color = colors(i % 10)
+        for t in studies[seed].get_trials(deepcopy=False):
+            if not t.intermediate_values or not t.state.is_finished():
+                continue
+            steps = sorted(t.intermediate_values)
+            values = [t.intermediate_values[k] for k in steps]
+            pruned = t.state.name == "PRUNED"
+            ax.plot(steps, values, color=color, alpha=0.8, lw=1.2, ls="--" if pruned else "-", marker=".")
+            if pruned:
+                ax.plot(steps[-1:], values[-1:], color=color, marker="x", ms=8, ls="none")
+    handles = [plt.Line2D([], [], color=colors(i % 10), label=f"seed {seed}") for i, seed in enumerate(sorted(studies))]
+    handles += [plt.Line2D([], [], color="0.4", ls="-", label="complete"),
+                plt.Line2D([], [], color="0.4", ls="--", marker="x", label="pruned")]
+    ax.legend(handles=handles, fontsize=8)
+    ax.set_xlabel("epochs done")
+    ax.set_ylabel(metric)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    fig.suptitle(f"{label}: per-epoch values (pruned candidates stop early)", fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 def _value(value: Any) -> str:

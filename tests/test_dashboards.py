@@ -570,3 +570,45 @@ def test_a_trend_study_is_judged_as_a_trend(tmp_path):
     assert "1 of 1 of the paper&#x27;s findings reproduced at this scale" in claims
     assert "Longer pre-training keeps improving the linear probe" in claims and "reproduced" in claims
     assert "Figure 7: lin top-1 57.3" in (tmp_path / "tables" / "claims.md").read_text()
+
+
+def test_the_search_per_epoch_figure_names_seeds_not_candidates():
+    """Three seeds of eight candidates (some pruned): a line per finished candidate in its seed's
+    colour, pruned ones dashed and stopped where the pruner stopped them; the legend names the
+    seeds (Optuna's own figure listed 24 candidates and overflowed)."""
+    import optuna
+
+    from dashboards.search import per_epoch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    studies, drawn = {}, []
+    for seed in range(3):
+        study = optuna.create_study(direction="maximize")
+        for k in range(8):
+            trial = study.ask()
+            epochs = 2 if k % 3 == 2 else 6  # every third candidate pruned after 2 of 6 epochs
+            curve = [50 + 5 * e + k + seed for e in range(epochs)]
+            for e, value in enumerate(curve, start=1):
+                trial.report(value, e)
+            pruned = epochs < 6
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED if pruned else None,
+                       values=None if pruned else curve[-1])
+            drawn.append((seed, pruned, list(range(1, epochs + 1)), curve))
+        study.ask()  # a running candidate is not drawn
+        studies[seed] = study
+    fig = per_epoch("mae · finetune", studies, "ft_val_top1")
+    ax = fig.axes[0]
+    curves = [line for line in ax.get_lines() if line.get_marker() == "."]
+    assert len(curves) == len(drawn) == 24
+    by_seed: dict[int, set] = {}
+    for line, (seed, pruned, steps, values) in zip(curves, drawn):
+        assert list(line.get_xdata()) == steps and list(line.get_ydata()) == values
+        assert line.get_linestyle() == ("--" if pruned else "-")
+        by_seed.setdefault(seed, set()).add(line.get_color())
+    assert all(len(colors) == 1 for colors in by_seed.values())  # one colour per seed ...
+    assert len(set.union(*by_seed.values())) == 3  # ... a different one each
+    crosses = [line for line in ax.get_lines() if line.get_marker() == "x"]
+    assert [(list(c.get_xdata()), list(c.get_ydata())) for c in crosses] == [
+        (steps[-1:], values[-1:]) for _, pruned, steps, values in drawn if pruned]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["seed 0", "seed 1", "seed 2", "complete", "pruned"]
+    assert ax.get_xlabel() == "epochs done" and ax.get_ylabel() == "ft_val_top1"
