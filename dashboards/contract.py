@@ -34,6 +34,15 @@ METRIC_LABELS = {"ft_top1": "ft top-1 (%)", "lin_top1": "lin top-1 (%)", "scratc
                  "pretrain_loss": "pre-train loss", "pretrain_wall_clock_s": "wall-clock (s)", "img_per_s": "img/s"}
 HISTORY_COLUMNS = ("arm", "seed", "stage", "epoch", "metric", "value")
 DEFAULT_TRACKING_UI = "http://127.0.0.1:5000"
+# A search's Optuna study attribute: the numbers of its failed trials that `--rerun-failed` ran again as new
+# trials of the same values (Optuna's finished trials are final); they are not candidates any more.
+SEARCH_RETRIED = "retried"
+
+
+def search_candidates(study: Any) -> list:
+    """A search's candidates: its Optuna trials but those it ran again as new ones."""
+    retried = set(study.user_attrs.get(SEARCH_RETRIED, []))
+    return [t for t in study.get_trials(deepcopy=False) if t.number not in retried]
 
 
 def arm_state(statuses: list[str]) -> Status:

@@ -20,6 +20,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
+from dashboards.contract import search_candidates
 from dashboards.figures import save_figure
 
 Searches = Mapping[str, Mapping[int, Any]]
@@ -94,8 +95,8 @@ def per_epoch(label: str, studies: Mapping[int, Any], metric: str = "validation 
     colors = plt.get_cmap("tab10")
     for i, seed in enumerate(sorted(studies)):
         color = colors(i % 10)
-        for t in studies[seed].get_trials(deepcopy=False):
-            if not t.intermediate_values or not t.state.is_finished():
+        for t in search_candidates(studies[seed]):
+            if not t.intermediate_values or t.state.name not in ("COMPLETE", "PRUNED"):
                 continue
             steps = sorted(t.intermediate_values)
             values = [t.intermediate_values[k] for k in steps]
@@ -132,14 +133,15 @@ def chosen_table(label: str, studies: Mapping[int, Any]) -> str:
             params += [p for p in t.params if p not in params]
     for seed in sorted(studies):
         study = studies[seed]
-        trials = study.get_trials(deepcopy=False)
+        trials = search_candidates(study)
         done = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None and math.isfinite(t.value)]
         best = (max if study.direction.name == "MAXIMIZE" else min)(done, key=lambda t: t.value) if done else None
         counts = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "RUNNING", "FAIL")}
+        found_at = next((i for i, t in enumerate(trials, start=1) if best is not None and t.number == best.number), "–")
         cells = [f"<td>{seed}</td>"]
         cells += [f'<td class="num">{_value(best.params.get(p)) if best else "–"}</td>' for p in params]
         cells.append(f'<td class="num">{f"{best.value:.2f}" if best else "–"}</td>')
-        cells.append(f'<td class="num">{best.number + 1 if best else "–"}</td>')
+        cells.append(f'<td class="num">{found_at}</td>')
         cells.append('<td class="num">' + " · ".join(f"{n} {s.lower()}" for s, n in counts.items() if n) + "</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     head = ["seed", *(f"chosen {p}" for p in params), "its validation metric", "found at candidate", "candidates"]

@@ -165,6 +165,47 @@ def ablate(root: Path, study: Path, fault: str, log: Path, backend: str = "seria
         return subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, env=env, cwd=root, timeout=timeout)
 
 
+def test_rerun_failed_runs_a_failed_candidate_again_as_a_new_trial_in_its_place(tmp_path):
+    """Candidates 2 and 3 of 3 fail (a NaN loss): their trials are FAIL and the arm's result is the one
+    complete candidate. The same command reruns nothing; with --rerun-failed each failed candidate runs
+    again as a new trial of the same values (Optuna's finished trials are final), the failed trials
+    leave the count, so the search still holds its budget of 3, and the result is the best of 3."""
+    study = write_study(tmp_path, "rf", budget=3, startup=3)
+    out = tmp_path / "runs"
+    quiet = Console(file=open(os.devnull, "w"))
+
+    def go(rules: str, rerun_failed: bool = False):
+        return run_study(the_plan(study), out, backend=SerialBackend(launch=faults.Fault(rules, serial=True)),
+                         console=quiet, rerun_failed=rerun_failed)
+
+    go(PLANT + ",nan:finetune:0:after-done=1")
+    first = trials(out, "rf")
+    assert [t.state.name for t in first] == ["COMPLETE", "FAIL", "FAIL"]
+    failed_stages = [t.user_attrs[search.STAGE_ATTR] for t in first if t.state.name == "FAIL"]
+    assert all(store.state(out, sid) == store.FAILED for sid in failed_stages)
+    row = pd.read_csv(out / "rf" / "results.csv").iloc[0]
+    assert row["chosen.finetune.blr"] == pytest.approx(first[0].params["finetune.blr"])
+
+    go(PLANT)  # failed stages are reported, not retried
+    assert [t.state.name for t in trials(out, "rf")] == ["COMPLETE", "FAIL", "FAIL"]
+    go(PLANT, rerun_failed=True)
+    after = trials(out, "rf")
+    assert [t.state.name for t in after] == ["COMPLETE", "FAIL", "FAIL", "COMPLETE", "COMPLETE"]
+    assert [t.params for t in after[3:]] == [t.params for t in first[1:]]  # the same values, run again
+    assert [t.user_attrs[search.STAGE_ATTR] for t in after[3:]] == failed_stages
+    assert all(store.state(out, sid) == store.DONE for sid in failed_stages)
+    assert [len(t.intermediate_values) for t in after[3:]] == [3, 3]  # its epochs, for the pruner's bar
+    (task,) = the_plan(study).searches.values()
+    counted = search.stored(task, out)
+    assert [t.number for t in counted] == [0, 3, 4]  # the budget: 3 candidates, all complete
+    assert search.counts(the_plan(study), out)[task.id] == {"budget": 3, "COMPLETE": 3}  # what `ablate status` shows
+    best = max(counted, key=lambda t: t.value)
+    row = pd.read_csv(out / "rf" / "results.csv").iloc[0]
+    assert row["chosen.finetune.blr"] == pytest.approx(best.params["finetune.blr"]) and row["search_candidates"] == 3
+    go(PLANT, rerun_failed=True)  # nothing failed now: nothing runs, no trial is added
+    assert len(trials(out, "rf")) == 5
+
+
 def test_driver_killed_mid_search_then_the_same_command_spends_the_budget_without_rerunning(tmp_path):
     """SIGKILL of the driver in the middle of a candidate (after one complete), then the same
     command: no finished candidate runs again, the interrupted one is run to its end, and the

@@ -146,7 +146,7 @@ def _run(plans: list[Plan], suite: Suite | None, out_root: Path, *, backend: Bac
         storage.pull_records(out_root, whole.stages)
     searches = Searches([whole, *(p for p in plans if p is not whole)], out_root)  # a study's, or a suite's and its studies'
     if searches:
-        searches.open()  # the candidates of earlier runs join the plans; one left running is pending again
+        searches.open(rerun_failed)  # earlier runs' candidates join the plans; one left running is pending again
     states = current_states(whole, out_root)
     # a trial the cluster can never place is refused before the study folder or its MLflow run exist
     backend.admit(runnable(whole, states) + searches.samples(), whole.resources, out_root)

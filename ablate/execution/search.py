@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from ablate.execution import store
 from ablate.planning.plan import JOBS, ArmRun, Plan, SearchTask, Stage
+from dashboards.contract import SEARCH_RETRIED, search_candidates
 
 STORAGE_FILE = "optuna.journal"
 STAGE_ATTR = "stage_id"  # each Optuna trial's user attribute: its candidate's stage
@@ -39,8 +40,9 @@ LIVE = ("RUNNING", "COMPLETE", "PRUNED", "FAIL")  # a candidate's states (WAITIN
 
 
 def trials_of(study) -> list:
-    """The search's candidates: its Optuna trials but a grid point enqueued and not yet proposed."""
-    return [t for t in study.get_trials(deepcopy=False) if t.state.name in LIVE]
+    """The search's candidates: its Optuna trials but a grid point enqueued and not yet proposed, and
+    a failed one that `--rerun-failed` ran again as a new trial (Optuna's finished trials are final)."""
+    return [t for t in search_candidates(study) if t.state.name in LIVE]
 
 
 def enqueue_grid(task: SearchTask, study) -> None:
@@ -295,19 +297,35 @@ class Searches:
         return bool(self.tasks)
 
     # ------------------------------------------------------------------ resuming
-    def open(self) -> None:
+    def open(self, rerun_failed: bool = False) -> None:
         """Load (or create) every search's Optuna study; its candidates join the plans, and a
         candidate a killed driver left running is settled from its stage (done, pruned, failed) or
-        is pending again, to resume from its checkpoint."""
+        is pending again, to resume from its checkpoint. With `rerun_failed`, a candidate whose stage
+        failed runs again as a new trial of the same values, in the failed one's place in the budget."""
         optuna = _optuna()
         for tid, task in self.tasks.items():
             study = self.studies[tid] = load(task, self.out_root, create=True)
             for trial, stages in candidates(task, trials_of(study)):
                 self._join(tid, stages)
-                if trial.state == optuna.trial.TrialState.RUNNING:
-                    judged = task.objective(stages)
-                    self.running.setdefault(judged.id, []).append((tid, optuna.trial.Trial(study, trial._trial_id)))
+                live = optuna.trial.Trial(study, trial._trial_id) if trial.state.name == "RUNNING" else None
+                failed = [s.id for s in stages if store.state(self.out_root, s.id) == store.FAILED]
+                if rerun_failed and trial.state.name == "FAIL" and failed:
+                    live = self._retry(tid, trial, failed)
+                if live is not None:
+                    self.running.setdefault(task.objective(stages).id, []).append((tid, live))
         self.settle()  # those whose stages ended meanwhile; the others are pending again, to be run
+
+    def _retry(self, tid: str, failed_trial, failed_stages: list[str]):
+        """A new trial of a failed candidate's values (its stages' errors cleared, to run again); the
+        failed trial is left out of the candidates from now on."""
+        study, task = self.studies[tid], self.tasks[tid]
+        for stage_id in failed_stages:
+            store.clear_error(store.stage_dir(self.out_root, stage_id))
+        study.set_user_attr(SEARCH_RETRIED, [*study.user_attrs.get(SEARCH_RETRIED, []), failed_trial.number])
+        study.enqueue_trial(failed_trial.params, skip_if_exists=False)
+        trial = study.ask(distributions(task))
+        trial.set_user_attr(STAGE_ATTR, failed_trial.user_attrs.get(STAGE_ATTR))
+        return trial
 
     def _join(self, tid: str, stages: list[Stage]) -> list[Stage]:
         for plan in self.plans:
