@@ -88,8 +88,8 @@ def figures(label: str, studies: Mapping[int, Any], metric: str = "validation me
 
 
 def per_epoch(label: str, studies: Mapping[int, Any], metric: str = "validation metric"):
-    """Every finished candidate's per-epoch values (what a pruner judged), a colour per seed, pruned
-    ones dashed and ending in a cross. Optuna's `plot_intermediate_values` labels each candidate in a
+    """Every complete or pruned candidate's per-epoch values (what a pruner judged), a colour per seed,
+    pruned ones dashed and ending in a cross. Optuna's `plot_intermediate_values` labels each candidate in a
     legend, which three seeds of eight candidates overflow; here the legend names the seeds."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     colors = plt.get_cmap("tab10")
