@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,8 +115,10 @@ def replay_tpe(grids: list[list[tuple[float, list[float]]]], make_pruner, budget
     epochs, and how far below the grid's best the best complete candidate ends (mean, 90th percentile)."""
     import optuna
 
-    from ablate.execution.search import good_share
+    from ablate.execution.search import tpe_sampler
+    from ablate.spec.study import Search
 
+    spec = Search(space={"finetune.blr": {"low": 1e-3, "high": 1e-1, "log": True}}, budget=budget)
     share, regret = [], []
     for points in grids:
         points = sorted(points)
@@ -135,11 +136,7 @@ def replay_tpe(grids: list[list[tuple[float, list[float]]]], make_pruner, budget
             study = optuna.create_study(direction="maximize", pruner=make_pruner())
             epochs, best = 0, -math.inf
             for number in range(budget):
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    study.sampler = optuna.samplers.TPESampler(
-                        n_startup_trials=min(10, -(-budget // 3)), seed=search_seed * 1_000_003 + number,
-                        gamma=good_share, constant_liar=True)
+                study.sampler = tpe_sampler(spec, search_seed, number)  # as a search proposes
                 trial = study.ask({"finetune.blr": optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True)})
                 ran, final = feed(study, trial, curve_at(trial.params["finetune.blr"]))
                 epochs, best = epochs + ran, max(best, final)

@@ -137,11 +137,10 @@ def chosen_table(label: str, studies: Mapping[int, Any]) -> str:
         done = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None and math.isfinite(t.value)]
         best = (max if study.direction.name == "MAXIMIZE" else min)(done, key=lambda t: t.value) if done else None
         counts = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "RUNNING", "FAIL")}
-        found_at = next((i for i, t in enumerate(trials, start=1) if best is not None and t.number == best.number), "–")
         cells = [f"<td>{seed}</td>"]
         cells += [f'<td class="num">{_value(best.params.get(p)) if best else "–"}</td>' for p in params]
         cells.append(f'<td class="num">{f"{best.value:.2f}" if best else "–"}</td>')
-        cells.append(f'<td class="num">{found_at}</td>')
+        cells.append(f'<td class="num">{trials.index(best) + 1 if best else "–"}</td>')
         cells.append('<td class="num">' + " · ".join(f"{n} {s.lower()}" for s, n in counts.items() if n) + "</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     head = ["seed", *(f"chosen {p}" for p in params), "its validation metric", "found at candidate", "candidates"]

@@ -64,9 +64,9 @@ def write_pretrain_study(root: Path, name: str, budget: int) -> Path:
     return study
 
 
-def run_planted(study: Path, out: Path):
-    return run_study(the_plan(study), out, backend=SerialBackend(launch=faults.Fault(PLANT, serial=True)),
-                     console=Console(file=open(os.devnull, "w")))
+def run_planted(study: Path, out: Path, rules: str = PLANT, rerun_failed: bool = False):
+    return run_study(the_plan(study), out, backend=SerialBackend(launch=faults.Fault(rules, serial=True)),
+                     console=Console(file=open(os.devnull, "w")), rerun_failed=rerun_failed)
 
 
 def trials(out: Path, study_name: str, task: str = "base/seed0/finetune") -> list:
@@ -172,13 +172,7 @@ def test_rerun_failed_runs_a_failed_candidate_again_as_a_new_trial_in_its_place(
     leave the count, so the search still holds its budget of 3, and the result is the best of 3."""
     study = write_study(tmp_path, "rf", budget=3, startup=3)
     out = tmp_path / "runs"
-    quiet = Console(file=open(os.devnull, "w"))
-
-    def go(rules: str, rerun_failed: bool = False):
-        return run_study(the_plan(study), out, backend=SerialBackend(launch=faults.Fault(rules, serial=True)),
-                         console=quiet, rerun_failed=rerun_failed)
-
-    go(PLANT + ",nan:finetune:0:after-done=1")
+    run_planted(study, out, PLANT + ",nan:finetune:0:after-done=1")
     first = trials(out, "rf")
     assert [t.state.name for t in first] == ["COMPLETE", "FAIL", "FAIL"]
     failed_stages = [t.user_attrs[search.STAGE_ATTR] for t in first if t.state.name == "FAIL"]
@@ -186,9 +180,9 @@ def test_rerun_failed_runs_a_failed_candidate_again_as_a_new_trial_in_its_place(
     row = pd.read_csv(out / "rf" / "results.csv").iloc[0]
     assert row["chosen.finetune.blr"] == pytest.approx(first[0].params["finetune.blr"])
 
-    go(PLANT)  # failed stages are reported, not retried
+    run_planted(study, out)  # failed stages are reported, not retried
     assert [t.state.name for t in trials(out, "rf")] == ["COMPLETE", "FAIL", "FAIL"]
-    go(PLANT, rerun_failed=True)
+    run_planted(study, out, rerun_failed=True)
     after = trials(out, "rf")
     assert [t.state.name for t in after] == ["COMPLETE", "FAIL", "FAIL", "COMPLETE", "COMPLETE"]
     assert [t.params for t in after[3:]] == [t.params for t in first[1:]]  # the same values, run again
@@ -202,7 +196,7 @@ def test_rerun_failed_runs_a_failed_candidate_again_as_a_new_trial_in_its_place(
     best = max(counted, key=lambda t: t.value)
     row = pd.read_csv(out / "rf" / "results.csv").iloc[0]
     assert row["chosen.finetune.blr"] == pytest.approx(best.params["finetune.blr"]) and row["search_candidates"] == 3
-    go(PLANT, rerun_failed=True)  # nothing failed now: nothing runs, no trial is added
+    run_planted(study, out, rerun_failed=True)  # nothing failed now: nothing runs, no trial is added
     assert len(trials(out, "rf")) == 5
 
 

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from ablate.execution import store
 from ablate.planning.plan import JOBS, ArmRun, Plan, SearchTask, Stage
+from ablate.spec.study import Search
 from dashboards.contract import SEARCH_RETRIED, search_candidates
 
 STORAGE_FILE = "optuna.journal"
@@ -128,12 +129,21 @@ def sampler(task: SearchTask, number: int):
     """The sampler of the search's `number`-th proposal, seeded by the search's seed and `number`.
     A grid's candidates are enqueued (`enqueue_grid`): its sampler draws nothing. (Not Optuna's
     GridSampler: it calls `study.stop()` when its grid is spent, which raises outside `optimize`.)"""
-    optuna = _optuna()
-    seed = (task.seed * 1_000_003 + number) % 2**32
     if task.spec.sampler == "grid":
-        return optuna.samplers.RandomSampler(seed=seed)
-    options = dict(n_startup_trials=task.spec.startup_trials, seed=seed, constant_liar=True,
-                   multivariate=len(task.spec.params) > 1)
+        return _optuna().samplers.RandomSampler(seed=proposal_seed(task.seed, number))
+    return tpe_sampler(task.spec, task.seed, number)
+
+
+def proposal_seed(seed: int, number: int) -> int:
+    return (seed * 1_000_003 + number) % 2**32
+
+
+def tpe_sampler(spec: Search, seed: int, number: int):
+    """TPE for the `number`-th proposal of a search of `spec` at `seed` (benchmarks/bench_search.py
+    replays searches with it)."""
+    optuna = _optuna()
+    options = dict(n_startup_trials=spec.startup_trials, seed=proposal_seed(seed, number), constant_liar=True,
+                   multivariate=len(spec.params) > 1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # `gamma`: deprecated in Optuna 4.9, to go in 6.0
         try:
@@ -308,9 +318,10 @@ class Searches:
             for trial, stages in candidates(task, trials_of(study)):
                 self._join(tid, stages)
                 live = optuna.trial.Trial(study, trial._trial_id) if trial.state.name == "RUNNING" else None
-                failed = [s.id for s in stages if store.state(self.out_root, s.id) == store.FAILED]
-                if rerun_failed and trial.state.name == "FAIL" and failed:
-                    live = self._retry(tid, trial, failed)
+                if rerun_failed and trial.state.name == "FAIL":
+                    failed = [s.id for s in stages if store.state(self.out_root, s.id) == store.FAILED]
+                    if failed:
+                        live = self._retry(tid, trial, failed)
                 if live is not None:
                     self.running.setdefault(task.objective(stages).id, []).append((tid, live))
         self.settle()  # those whose stages ended meanwhile; the others are pending again, to be run
